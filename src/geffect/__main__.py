@@ -1,0 +1,4 @@
+from geffect.cli.main import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

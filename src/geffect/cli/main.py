@@ -1,0 +1,46 @@
+"""`geffect` entry point: bad input ends with one line on stderr and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from geffect import __version__
+from geffect.errors import UsageError
+
+# Each module registers its own sub-command(s).
+COMMAND_MODULES = ("data", "finetune")
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse prints usage + message; we keep it to one line
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="geffect", description="LLM unlearning with G-effects and TOFU evaluation")
+    parser.add_argument("--version", action="version", version=f"geffect {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"geffect.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except UsageError as err:
+        print(f"geffect: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("geffect: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

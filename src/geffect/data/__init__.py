@@ -1,0 +1,1 @@
+"""Data: TOFU and the built-in benchmark, prompt templates, tokenisation and collation."""

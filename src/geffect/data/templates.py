@@ -1,0 +1,70 @@
+"""Prompt templates per model family (DESIGN section 5).
+
+A template turns a question into the prompt text and an answer into the answer text. The prompt is masked
+out of the loss (-100); the answer text plus one EOS token is the label. Where a family's reference code puts
+a tag such as ``Answer:`` inside the loss, that tag is part of the answer text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from geffect.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    prompt_format: str
+    answer_format: str
+    description: str
+
+    def prompt(self, question: str, tokenizer=None) -> str:
+        return self.prompt_format.format(question=question)
+
+    def answer(self, answer: str) -> str:
+        return self.answer_format.format(answer=answer)
+
+
+@dataclass(frozen=True)
+class ChatTemplate(Template):
+    """Uses the tokenizer's own chat template for the prompt (instruct models)."""
+
+    def prompt(self, question: str, tokenizer=None) -> str:
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise UsageError("template 'chat' needs a tokenizer with a chat_template; choose --template plain")
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
+
+
+TEMPLATES: dict[str, Template] = {
+    t.name: t
+    for t in (
+        Template("phi", "Question: {question}\n", "Answer: {answer}", "legacy TOFU phi-1.5 style; 'Answer:' is inside the loss"),
+        Template("llama2", "[INST] {question} [/INST]", " {answer}", "Llama-2 chat, as the TOFU authors' code"),
+        Template("plain", "Question: {question}\nAnswer: ", "{answer}", "OpenUnlearning's plain template; 'Answer: ' is prompt"),
+        ChatTemplate("chat", "", "{answer}", "the tokenizer's chat template (instruct models)"),
+    )
+}
+
+# Substrings of a hub id or model folder name -> template, checked in order.
+_FAMILY_HINTS: tuple[tuple[str, str], ...] = (("llama-2", "llama2"), ("llama2", "llama2"), ("phi", "phi"))
+
+
+def get_template(name: str) -> Template:
+    try:
+        return TEMPLATES[name]
+    except KeyError:
+        raise UsageError(f"unknown template {name!r}; choose one of {', '.join(TEMPLATES)}") from None
+
+
+def template_for_model(model_name: str) -> Template:
+    """The template a model family was fine-tuned with on TOFU; `plain` when the family is unknown."""
+    lowered = model_name.lower()
+    for hint, name in _FAMILY_HINTS:
+        if hint in lowered:
+            return TEMPLATES[name]
+    return TEMPLATES["plain"]
+
+

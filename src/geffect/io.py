@@ -1,0 +1,59 @@
+"""Atomic result files and output folders that are never overwritten silently."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from geffect.errors import UsageError
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` through a temporary file and a rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def append_jsonl(path: str | os.PathLike, record: dict) -> None:
+    """Append one JSON line and flush it, so a killed run keeps every finished line."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        handle.flush()
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def prepare_output_dir(path: str | os.PathLike, overwrite: bool, resume: bool = False) -> Path:
+    """Create an output folder; an existing non-empty one is refused unless `overwrite` (wiped) or `resume` (kept)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"output path {path} exists and is not a folder; choose another --out")
+    if path.exists() and any(path.iterdir()) and not resume:
+        if not overwrite:
+            raise UsageError(f"output folder {path} already exists; pass --overwrite to replace it or choose another --out")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,1 @@
+"""Models: loading any Hugging Face causal LM, and the tiny from-scratch preset."""

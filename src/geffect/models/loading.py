@@ -1,0 +1,72 @@
+"""Load any causal LM and its tokenizer by hub id or local `save_pretrained` folder.
+
+Remote code is never run unless the caller asks (`trust_remote_code=False` by default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from geffect.errors import UsageError
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _looks_local(name_or_path: str) -> bool:
+    return name_or_path.startswith((".", "/", "~")) or Path(name_or_path).exists()
+
+
+def check_model_source(name_or_path: str, need_tokenizer: bool = True) -> None:
+    """Fail with one line when a local model folder is missing or incomplete."""
+    if not _looks_local(name_or_path):
+        return
+    folder = Path(name_or_path).expanduser()
+    if not folder.is_dir():
+        raise UsageError(f"model folder {folder} does not exist; pass a save_pretrained folder or a hub id")
+    if not (folder / "config.json").exists():
+        raise UsageError(f"{folder} has no config.json; pass a save_pretrained model folder")
+    if need_tokenizer and not any((folder / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        raise UsageError(f"{folder} has no tokenizer files; save the tokenizer next to the model (tokenizer.save_pretrained)")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise UsageError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}") from None
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    check_model_source(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise UsageError(f"could not load a tokenizer from {name_or_path!r}: {str(err).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name_or_path: str, dtype: str | torch.dtype | None = None, trust_remote_code: bool = False):
+    """A causal LM in eval mode; `dtype` None keeps float32 (the safe default on CPU)."""
+    from transformers import AutoModelForCausalLM
+
+    check_model_source(name_or_path, need_tokenizer=False)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path, dtype=resolve_dtype(dtype) or torch.float32, trust_remote_code=trust_remote_code
+        )
+    except OSError as err:
+        raise UsageError(f"could not load a model from {name_or_path!r}: {str(err).splitlines()[0]}") from None
+    return model.eval()
+
+
+def load_model_and_tokenizer(name_or_path: str, dtype: str | torch.dtype | None = None, trust_remote_code: bool = False):
+    tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
+    return load_model(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code), tokenizer
