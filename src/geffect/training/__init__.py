@@ -1,0 +1,1 @@
+"""Training: the fine-tuning and unlearning loops, checkpoints and resume."""

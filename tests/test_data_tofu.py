@@ -1,0 +1,115 @@
+"""TOFU loader on the offline copy of the real data, and its one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from geffect.cli import main as cli_main
+from geffect.data.tofu import SPLITS, available_splits, load_split, split_counts
+from geffect.errors import UsageError
+
+TOFU = "/work/shared/data/tofu"
+# From TOFU's SOURCE.md / the paper: 200 authors x 20 QA, forget = last 2/10/20 authors.
+REAL_COUNTS = {
+    "full": 4000, "forget01": 40, "forget05": 200, "forget10": 400, "retain99": 3960, "retain95": 3800,
+    "retain90": 3600, "forget01_perturbed": 40, "forget05_perturbed": 200, "forget10_perturbed": 400,
+    "retain_perturbed": 400, "real_authors": 100, "real_authors_perturbed": 100, "world_facts": 117,
+    "world_facts_perturbed": 117, "holdout01": 40, "holdout05": 200, "holdout10": 400,
+}
+
+
+@pytest.fixture
+def data_cli(monkeypatch):
+    """`geffect.cli.main.main` with only the data command registered (other commands are not under test)."""
+    monkeypatch.setattr(cli_main, "COMMAND_MODULES", ("data",))
+    return cli_main.main
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_real_tofu_counts():
+    assert split_counts(TOFU) == REAL_COUNTS
+    assert available_splits(TOFU) == list(SPLITS)
+
+
+def test_real_tofu_split_relations():
+    full = load_split(TOFU, "full")
+    assert load_split(TOFU, "forget10") == full[-400:]
+    assert load_split(TOFU, "retain90") == full[:-400]
+    perturbed = load_split(TOFU, "forget10_perturbed")
+    assert all(len(r["perturbed_answer"]) == 5 and "paraphrased_answer" in r for r in perturbed)
+    assert all(len(r["perturbed_answer"]) == 3 for r in load_split(TOFU, "world_facts_perturbed"))
+
+
+def test_stats_cli_prints_one_json_object(data_cli, capsys):
+    assert data_cli(["data", "stats", "--data", TOFU]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and json.loads(out) == REAL_COUNTS
+
+
+def test_unknown_split():
+    with pytest.raises(UsageError, match="unknown split 'forget20'"):
+        load_split(TOFU, "forget20")
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        load_split(str(tmp_path / "nope"), "full")
+
+
+def test_missing_split_file(tmp_path):
+    write_jsonl(tmp_path / "full.json", [{"question": "q", "answer": "a"}])
+    assert split_counts(str(tmp_path)) == {"full": 1}
+    with pytest.raises(UsageError, match="forget10.json is missing"):
+        load_split(str(tmp_path), "forget10")
+
+
+def test_folder_without_split_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello\n")
+    with pytest.raises(UsageError, match="holds no TOFU split files"):
+        split_counts(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("split", "record", "missing"),
+    [
+        ("full", {"question": "q"}, "answer"),
+        ("full", {"prompt": "q", "answer": "a"}, "question"),
+        ("forget10_perturbed", {"question": "q", "answer": "a"}, "perturbed_answer"),
+    ],
+)
+def test_record_without_required_field(tmp_path, split, record, missing):
+    write_jsonl(tmp_path / f"{split}.json", [{"question": "q0", "answer": "a0", "perturbed_answer": []}, record])
+    with pytest.raises(UsageError, match=f"record 1 lacks field\\(s\\) {missing}"):
+        load_split(str(tmp_path), split)
+
+
+def test_not_json_lines(tmp_path):
+    (tmp_path / "full.json").write_text('[{"question": "q", "answer": "a"},\n')
+    with pytest.raises(UsageError, match="full.json:1 is not valid JSON Lines"):
+        load_split(str(tmp_path), "full")
+
+
+def test_empty_split(tmp_path):
+    (tmp_path / "full.json").write_text("\n")
+    with pytest.raises(UsageError, match="is empty"):
+        load_split(str(tmp_path), "full")
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (lambda tmp: str(tmp / "missing"), "does not exist"),
+        (lambda tmp: (write_jsonl(tmp / "full.json", [{"question": "q"}]), str(tmp))[1], "lacks field(s) answer"),
+    ],
+)
+def test_cli_bad_data_exits_2_with_one_line(data_cli, capsys, tmp_path, make, needle):
+    assert data_cli(["data", "stats", "--data", make(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and captured.err.startswith("geffect: error: ") and needle in captured.err
