@@ -1,0 +1,151 @@
+"""Optimizer steps per second of `geffect.training.unlearn` against a bare PyTorch loop, for every method.
+
+The bare loop does the same forward and backward passes (same model, objective, batches, AdamW, schedule)
+and nothing else; the ratio trainer / bare is the loop's overhead (acceptance: >= 0.85 for every method).
+The trainer's extra work per step: collation, the logged numbers (one all-reduce and one host sync), the
+gradient norm, a log line and the progress bar.
+
+Objectives that do not run the forget answers through the model (IdkPO) make the trainer run one no-grad
+forward of the forget batch per micro-batch, because the logged forget risk is required; that pass is
+counted as one of "the same forward passes", so the bare loop runs it too. `--strict` leaves it out of the
+bare loop (then the ratio also prices that forward).
+
+    python benchmarks/bench_trainer.py                      # tiny preset model, built-in benchmark
+    python benchmarks/bench_trainer.py --methods NPO WGA --steps 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from geffect.data.collate import pad_token_id
+from geffect.data.synth import write_benchmark
+from geffect.data.templates import get_template
+from geffect.data.tofu import load_split
+from geffect.models.loading import load_model, load_tokenizer
+from geffect.models.tiny import build_tiny
+from geffect.objectives import ObjectiveConfig, build_objective, method_names
+from geffect.objectives.tokens import score
+from geffect.training.batches import BatchBuilder, StepSampler, encode_records
+from geffect.training.config import UnlearnConfig
+from geffect.training.schedule import build_scheduler
+from geffect.training.unlearn import _refusal, unlearn
+
+
+class StepClock:
+    """Times the steps after the first `skip` (warm-up) from inside the trainer, via the callback hook."""
+
+    retain_graph = False
+
+    def __init__(self, skip: int):
+        self.skip, self.stamps = skip, {}
+
+    def on_train_begin(self, run):
+        pass
+
+    def after_backward(self, run, step):
+        self.stamps[step.step] = time.perf_counter()
+
+    def on_train_end(self, run):
+        pass
+
+    def durations(self) -> list[float]:
+        return _durations(self.stamps, self.skip)
+
+
+def _durations(stamps: dict[int, float], skip: int) -> list[float]:
+    """Seconds of each whole step after the warm-up: from one step's clock reading to the next."""
+    steps = sorted(stamps)[skip:]
+    return [stamps[b] - stamps[a] for a, b in zip(steps, steps[1:])]
+
+
+def bare_loop(cfg: UnlearnConfig, steps: int, skip: int, risk_forward: bool = True) -> list[float]:
+    """The same passes as the trainer, in plain PyTorch; returns the durations of the timed steps."""
+    torch.manual_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.model)
+    model = load_model(cfg.model).train()
+    objective = build_objective(ObjectiveConfig(method=cfg.method))
+    ref_model = load_model(cfg.model).requires_grad_(False) if objective.needs_reference else None
+    objective.setup(model, torch.Generator().manual_seed(cfg.seed))
+    template = get_template(cfg.template)
+    forget = load_split(cfg.data, cfg.forget)
+    encode = dict(tokenizer=tokenizer, template=template, max_length=cfg.max_length)
+    builder = BatchBuilder(
+        encode_records(records=forget, **encode),
+        encode_records(records=load_split(cfg.data, "retain90"), **encode),
+        pad_token_id(tokenizer),
+        torch.device("cpu"),
+        encode_records(records=forget, answer_for=_refusal(cfg.seed), **encode) if objective.needs_idk else None,
+    )
+    sampler = StepSampler(len(builder.forget), len(builder.retain), cfg.batch_size, cfg.grad_accum, 1, cfg.seed)
+    plan = [[builder.build(m) for m in sampler.micro_batches(step, 0)] for step in range(steps)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = build_scheduler(optimizer, sampler.steps_per_epoch, steps)
+    stamps = {}
+    for step, micro_batches in enumerate(plan, start=1):
+        for batch in micro_batches:
+            out = objective(model, batch, ref_model)
+            if out.forget_risk is None and risk_forward:
+                with torch.no_grad():
+                    score(model, batch.forget).risk()
+            (out.loss / len(micro_batches)).backward()
+        stamps[step] = time.perf_counter()  # where the trainer's clock reads: after the backward passes
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return _durations(stamps, skip)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="*", default=method_names())
+    parser.add_argument("--steps", type=int, default=25, help="optimizer steps per measurement")
+    parser.add_argument("--skip", type=int, default=3, help="warm-up steps left out of the timing")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--grad-accum", type=int, default=2)
+    parser.add_argument("--authors", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating measurements per loop")
+    parser.add_argument("--strict", action="store_true", help="bare loop without the logging forward of IdkPO")
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="bench_trainer_"))
+    data, model_dir = work / "bench", work / "model"
+    write_benchmark(data, n_authors=args.authors, seed=0)
+    model, tokenizer = build_tiny(str(data), seed=0)
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"tiny preset model: {n_params / 1e6:.2f}M parameters; torch threads {torch.get_num_threads()}; "
+          f"batch {args.batch_size} x accum {args.grad_accum}; {args.steps} steps ({args.skip} warm-up), median step time over {args.rounds} alternating rounds")
+    print(f"{'method':<12}{'trainer steps/s':>17}{'bare steps/s':>14}{'ratio':>8}")
+    worst = float("inf")
+    for method in args.methods:
+        cfg = UnlearnConfig(
+            model=str(model_dir), data=str(data), out=str(work / "runs" / method), method=method, lr=1e-4,
+            epochs=1000, max_steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
+            template="plain", progress=False, overwrite=True,
+        )
+        # Alternate the two loops and compare median step times, so that bursts of load from other
+        # processes on the machine do not decide the ratio.
+        bare_steps, trainer_steps = [], []
+        for _ in range(args.rounds):
+            bare_steps += bare_loop(cfg, args.steps, args.skip, risk_forward=not args.strict)
+            clock = StepClock(args.skip)
+            unlearn(cfg, callbacks=[clock])
+            trainer_steps += clock.durations()
+        bare, trainer = 1 / statistics.median(bare_steps), 1 / statistics.median(trainer_steps)
+        worst = min(worst, trainer / bare)
+        print(f"{method:<12}{trainer:>17.2f}{bare:>14.2f}{trainer / bare:>8.3f}")
+    print(f"worst ratio {worst:.3f} ({'meets' if worst >= 0.85 else 'misses'} the 0.85 target)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Checkpoints of an unlearning run: everything needed to continue it bit for bit.
+
+Layout of `RUN/checkpoints/step-00000010/`:
+- accelerate's `save_state` files: `model.safetensors` (sharded formats under FSDP/DeepSpeed), `optimizer.bin`,
+  `scheduler.bin` (loaded back by accelerate with `torch.load(weights_only=True)`);
+- `rng_<rank>.json` + `rng_<rank>.safetensors`: python, numpy and torch (CPU and CUDA) generator states of each
+  process, stored without pickle (accelerate's own pickle of them is ignored: it fails silently);
+- `objective.safetensors` + `objective.json`: the objective's state (tensors / plain values);
+- `trainer_state.json`: step counter, epoch, data position; written last, so its presence marks a complete
+  checkpoint.
+
+A checkpoint is written into a hidden temporary folder and renamed into place, so a run killed while saving
+keeps its previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from geffect.io import atomic_write_json
+
+CHECKPOINTS = "checkpoints"
+TRAINER_STATE = "trainer_state.json"
+_NAME = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step-{step:08d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run as (step, folder), oldest first."""
+    folder = Path(run_dir) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = _NAME.match(path.name)
+        if match and (path / TRAINER_STATE).exists():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    checkpoints = list_checkpoints(run_dir)
+    return checkpoints[-1][1] if checkpoints else None
+
+
+# --- RNG states, without pickle -------------------------------------------------------------------------
+
+
+def _save_rng(folder: Path, rank: int) -> None:
+    version, state, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    plain = {
+        "python": [version, list(state), gauss],
+        "numpy": [np_name, np_pos, np_has_gauss, np_gauss],
+        "cuda_devices": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+    }
+    tensors = {"torch_cpu": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_keys.astype(np.int64))}
+    for device in range(plain["cuda_devices"]):
+        tensors[f"torch_cuda_{device}"] = torch.cuda.get_rng_state(device)
+    save_file(tensors, str(folder / f"rng_{rank}.safetensors"))
+    atomic_write_json(folder / f"rng_{rank}.json", plain)
+
+
+def _load_rng(folder: Path, rank: int) -> None:
+    plain = json.loads((folder / f"rng_{rank}.json").read_text())
+    tensors = load_file(str(folder / f"rng_{rank}.safetensors"))
+    version, state, gauss = plain["python"]
+    random.setstate((version, tuple(state), gauss))
+    np_name, np_pos, np_has_gauss, np_gauss = plain["numpy"]
+    np.random.set_state((np_name, tensors["numpy_keys"].numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
+    torch.set_rng_state(tensors["torch_cpu"])
+    if torch.cuda.is_available():
+        for device in range(min(plain["cuda_devices"], torch.cuda.device_count())):
+            torch.cuda.set_rng_state(tensors[f"torch_cuda_{device}"], device)
+
+
+# --- objective state --------------------------------------------------------------------------------------
+
+
+def _save_objective(folder: Path, state: Mapping[str, Any]) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    plain = {k: v for k, v in state.items() if not isinstance(v, torch.Tensor)}
+    save_file(tensors, str(folder / "objective.safetensors"))
+    atomic_write_json(folder / "objective.json", plain)
+
+
+def _load_objective(folder: Path) -> dict[str, Any]:
+    state: dict[str, Any] = json.loads((folder / "objective.json").read_text())
+    state.update(load_file(str(folder / "objective.safetensors")))
+    return state
+
+
+# --- whole checkpoints ---------------------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    accelerator,
+    run_dir: Path,
+    step: int,
+    trainer_state: Mapping[str, Any],
+    objective_state: Mapping[str, Any],
+    keep: int = 1,
+) -> Path:
+    """Write the checkpoint of optimizer step `step` (all processes must call this); keep the newest `keep`
+    checkpoints (0 keeps all)."""
+    final = checkpoint_dir(run_dir, step)
+    tmp = final.parent / f".tmp-{final.name}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    _save_rng(tmp, accelerator.process_index)
+    if accelerator.is_main_process:
+        _save_objective(tmp, objective_state)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        atomic_write_json(tmp / TRAINER_STATE, dict(trainer_state))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        if keep > 0:
+            for _, old in list_checkpoints(run_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restore model, optimizer, scheduler and RNG states in place; return (trainer state, objective state)."""
+    folder = Path(folder)
+    accelerator.load_state(str(folder))
+    _load_rng(folder, accelerator.process_index)
+    trainer_state = json.loads((folder / TRAINER_STATE).read_text())
+    return trainer_state, _load_objective(folder)
