@@ -1,0 +1,114 @@
+"""`geffect eval`: TOFU evaluation of a model; `geffect eval summarize`: aggregates from saved per-item values."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from geffect.data.templates import TEMPLATES, get_template, template_for_model
+from geffect.data.tofu import FORGET_SPLITS
+from geffect.errors import UsageError
+from geffect.evaluation.generation import MAX_NEW_TOKENS
+from geffect.evaluation.logs import META_KEY, load_eval_file
+from geffect.evaluation.runner import DEFAULT_BATCH_SIZE, evaluate, plan_evaluation
+from geffect.evaluation.summary import summarize
+from geffect.io import atomic_write_json, prepare_output_dir
+
+EVAL_FILE = "TOFU_EVAL.json"
+SUMMARY_FILE = "TOFU_SUMMARY.json"
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="TOFU evaluation of a model (TOFU_EVAL.json + TOFU_SUMMARY.json)",
+        description=(
+            "Score a model on the TOFU evaluation sets: probabilities, ROUGE-L, truth ratios, model utility, "
+            "forget quality (needs --retain-logs), extraction strength, MIA AUCs and privleak. "
+            "`geffect eval summarize FILE` recomputes the aggregates of a saved evaluation."
+        ),
+    )
+    parser.add_argument("--model", help="save_pretrained folder (with tokenizer) or hub id")
+    parser.add_argument("--data", help="TOFU folder of JSON Lines files, or a hub id such as locuslab/TOFU")
+    parser.add_argument("--forget", default="forget10", choices=FORGET_SPLITS, help="forget split (default forget10)")
+    parser.add_argument(
+        "--retain-logs",
+        help="the retain model's TOFU_EVAL.json (ours or OpenUnlearning's) or legacy eval_log_aggregated.json; "
+        "without it forget quality and privleak are null",
+    )
+    parser.add_argument("--ds-size", type=int, default=None, help="score only the first N items of each set (legacy TOFU: 300); default all")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="greedy generation length for ROUGE (default 200)")
+    parser.add_argument("--template", choices=sorted(TEMPLATES), help="prompt template (default: from the model name, else plain)")
+    parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16, float64")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
+    parser.add_argument("--out", help="output folder for TOFU_EVAL.json and TOFU_SUMMARY.json")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.set_defaults(func=run)
+
+    commands = parser.add_subparsers(dest="eval_command", metavar="{summarize}", parser_class=type(parser))
+    summary = commands.add_parser(
+        "summarize",
+        help="print the aggregates of a saved evaluation as one JSON object",
+        description="Recompute model utility, forget quality (with --retain-logs) and every other aggregate "
+        "from the per-item values of a TOFU_EVAL.json (ours or OpenUnlearning's) or a legacy eval_log_aggregated.json.",
+    )
+    summary.add_argument("eval_file", help="TOFU_EVAL.json or eval_log_aggregated.json")
+    summary.add_argument("--retain-logs", help="the retain model's evaluation, in any of the same formats")
+    summary.set_defaults(func=run_summarize)
+
+
+def run(args: argparse.Namespace) -> int:
+    from geffect.models.loading import check_model_source, load_model_and_tokenizer
+
+    missing = [flag for flag, value in (("--model", args.model), ("--data", args.data), ("--out", args.out)) if not value]
+    if missing:
+        raise UsageError(f"geffect eval needs {', '.join(missing)}; or run `geffect eval summarize FILE` on a saved evaluation")
+    if args.ds_size is not None and args.ds_size < 1:
+        raise UsageError(f"--ds-size must be a positive number of items, got {args.ds_size}")
+    if args.batch_size < 1 or args.max_new_tokens < 1:
+        raise UsageError("--batch-size and --max-new-tokens must be positive")
+    check_model_source(args.model)
+    template = get_template(args.template) if args.template else template_for_model(args.model)
+    # Every input check before the (slow) model load.
+    retain = plan_evaluation(args.data, args.forget, template, args.retain_logs, args.ds_size, args.max_new_tokens).retain
+    out = prepare_output_dir(args.out, overwrite=args.overwrite)
+
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
+    model.to(_device(args.device))
+    result = evaluate(
+        model,
+        tokenizer,
+        args.data,
+        args.forget,
+        template,
+        retain_logs=retain,
+        ds_size=args.ds_size,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+    )
+    result[META_KEY]["model"] = args.model
+    summary = summarize(result, retain)
+    atomic_write_json(out / EVAL_FILE, result)
+    atomic_write_json(out / SUMMARY_FILE, summary)
+    print(json.dumps(summary))
+    return 0
+
+
+def run_summarize(args: argparse.Namespace) -> int:
+    evaluation = load_eval_file(args.eval_file)
+    retain = None if args.retain_logs is None else load_eval_file(args.retain_logs)
+    json.dump(summarize(evaluation, retain), sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name} requested but no CUDA device is available; use --device cpu")
+    return name

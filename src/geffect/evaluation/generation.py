@@ -1,0 +1,59 @@
+"""Batched greedy generation with left padding, for the ROUGE metrics."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from geffect.data.collate import IGNORE_INDEX, EncodedItem, collate, encode_prompt, pad_token_id
+from geffect.data.templates import Template
+
+MAX_NEW_TOKENS = 200
+
+
+def generate_answers(
+    model,
+    tokenizer,
+    template: Template,
+    questions: Sequence[str],
+    batch_size: int = 16,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    desc: str = "generating",
+) -> list[str]:
+    """The greedy continuation of each question's prompt, decoded without special tokens, cut at EOS, stripped."""
+    from transformers import GenerationConfig
+
+    prompts = [encode_prompt(tokenizer, template, q) for q in questions]
+    items = [EncodedItem(input_ids=ids, labels=[IGNORE_INDEX] * len(ids), index=i) for i, ids in enumerate(prompts)]
+    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
+    pad = pad_token_id(tokenizer)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=pad,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    device = next(model.parameters()).device
+    texts: list[str | None] = [None] * len(items)
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    for rows in tqdm(batches, desc=desc, leave=False, disable=None):
+        batch = collate([items[i] for i in rows], pad, padding_side="left")
+        with torch.no_grad():
+            output = model.generate(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+                generation_config=config,
+            )
+        new_tokens = output[:, batch["input_ids"].shape[1] :].cpu()
+        for row, tokens in zip(rows, new_tokens):
+            texts[row] = _decode_until_eos(tokenizer, tokens.tolist())
+    return texts  # type: ignore[return-value]
+
+
+def _decode_until_eos(tokenizer, tokens: list[int]) -> str:
+    # Finished rows are padded after their EOS; pad may equal EOS, so cut at the first EOS explicitly.
+    if tokenizer.eos_token_id in tokens:
+        tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
+    return tokenizer.decode(tokens, skip_special_tokens=True).strip()
