@@ -1,0 +1,169 @@
+"""Cost of in-run G-effect tracking: step-time ratio tracked / untracked, per method (acceptance 4).
+
+For each method the same unlearning run (`geffect.training.unlearn`, tiny preset model, built-in benchmark)
+is timed without tracking, with tracking (unlearning and retaining G-effects, batch estimator, groups and
+layers), with tracking plus instance contributions, and with a faithful re-implementation of the paper's
+scheme in the same loop: three separate forward and backward passes per batch (forget risk, objective,
+retain risk), every gradient copied to the host and smoothed there (EMA 0.6/0.4), dot products on the host.
+
+Targets: tracked/untracked <= 1.6 for methods whose step has a retain pass (GradDiff, NPO+KL, WGA+KL), <= 2.2
+for GA; instances add <= 0.5. With `--device cuda` it also prints the tracker's extra peak memory against the
+size of one gradient copy (target <= 1).
+
+    python benchmarks/bench_geffect.py
+    python benchmarks/bench_geffect.py --methods GA NPO+KL --steps 20 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from geffect.data.synth import write_benchmark
+from geffect.effects.tracker import GEffectTracker, TrackerConfig
+from geffect.models.tiny import build_tiny
+from geffect.objectives.tokens import score
+from geffect.training.config import UnlearnConfig
+from geffect.training.unlearn import unlearn
+
+METHODS = ["GA", "GradDiff", "NPO+KL", "WGA+KL"]
+LIMITS = {"GA": 2.2}
+DEFAULT_LIMIT = 1.6
+
+
+class StepClock:
+    """Stamps every after_backward; the interval between stamps is one full step including callbacks."""
+
+    retain_graph = False
+
+    def __init__(self, skip: int):
+        self.skip, self.stamps = skip, {}
+
+    def on_train_begin(self, run):
+        pass
+
+    def after_backward(self, run, step):
+        self.stamps[step.step] = time.perf_counter()
+
+    def on_train_end(self, run):
+        pass
+
+    def seconds_per_step(self) -> float:
+        first, last = self.skip + 1, max(self.stamps)
+        return (self.stamps[last] - self.stamps[first]) / (last - first)
+
+
+class PaperScheme:
+    """The paper's G-effect code, in-run: three extra forward+backward passes, host copies, host EMA."""
+
+    retain_graph = False
+
+    def __init__(self):
+        self.ema: dict[str, dict[str, torch.Tensor]] = {"obj": {}, "u": {}, "r": {}}
+
+    def on_train_begin(self, run):
+        pass
+
+    def on_train_end(self, run):
+        pass
+
+    def _pass(self, model, loss: torch.Tensor, key: str) -> None:
+        saved = {n: p.grad for n, p in model.named_parameters()}  # keep the step's own gradient aside
+        for p in model.parameters():
+            p.grad = None
+        loss.backward()
+        for name, p in model.named_parameters():
+            if p.grad is None:
+                continue
+            host = p.grad.reshape(-1).cpu()
+            old = self.ema[key].get(name)
+            self.ema[key][name] = host if old is None else 0.6 * old + 0.4 * host
+        for name, p in model.named_parameters():
+            p.grad = saved[name]
+
+    def after_backward(self, run, step):
+        model, batch = run.model, step.batch
+        self._pass(model, score(model, batch.forget).risk(), "u")
+        self._pass(model, run.objective(model, batch, run.ref_model).loss, "obj")
+        retain = batch.retain if batch.retain is not None else batch.forget
+        self._pass(model, score(model, retain).risk(), "r")
+        for side in ("u", "r"):
+            sum(float((self.ema["obj"][n] * g).sum()) for n, g in self.ema[side].items() if n in self.ema["obj"])
+
+
+def _time_run(cfg: UnlearnConfig, extra: list, skip: int) -> tuple[float, int]:
+    clock = StepClock(skip)
+    if torch.cuda.is_available() and cfg.mixed_precision != "cpu":
+        torch.cuda.reset_peak_memory_stats()
+    unlearn(cfg, callbacks=[clock, *extra])
+    peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+    return clock.seconds_per_step(), peak
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="*", default=METHODS)
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--skip", type=int, default=3, help="warm-up steps left out of the timing")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--authors", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2, help="repetitions; the fastest of each variant counts")
+    parser.add_argument("--no-paper", action="store_true", help="skip the paper-scheme column")
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="bench_geffect_"))
+    data, model_dir = work / "bench", work / "model"
+    write_benchmark(data, n_authors=args.authors, seed=0)
+    model, tokenizer = build_tiny(str(data), seed=0)
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    grad_bytes = sum(p.numel() * 4 for p in model.parameters())
+    print(f"tiny preset model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
+          f"torch threads {torch.get_num_threads()}; batch {args.batch_size}, grad_accum 1; "
+          f"{args.steps} steps ({args.skip} warm-up), best of {args.rounds}")
+    header = f"{'method':<10}{'untracked s/step':>18}{'tracked':>9}{'+instances':>12}{'paper':>8}{'limit':>7}"
+    if torch.cuda.is_available():
+        header += f"{'extra mem / grad':>18}"
+    print(header)
+    failures = 0
+    for method in args.methods:
+        cfg = UnlearnConfig(
+            model=str(model_dir), data=str(data), out=str(work / "runs" / method.replace("+", "_")), method=method,
+            lr=1e-4, epochs=1000, max_steps=args.steps, batch_size=args.batch_size, grad_accum=1,
+            template="plain", progress=False, overwrite=True,
+        )
+        variants = {
+            "base": lambda: [],
+            "tracked": lambda: [GEffectTracker(TrackerConfig(probe_batch_size=args.batch_size))],
+            "instances": lambda: [GEffectTracker(TrackerConfig(instances=True, probe_batch_size=args.batch_size))],
+        }
+        if not args.no_paper:
+            variants["paper"] = lambda: [PaperScheme()]
+        best = {k: float("inf") for k in variants}
+        peaks = {k: 0 for k in variants}
+        for _ in range(args.rounds):
+            for name, make in variants.items():  # interleaved, so machine load hits all variants alike
+                seconds, peak = _time_run(cfg, make(), args.skip)
+                best[name] = min(best[name], seconds)
+                peaks[name] = max(peaks[name], peak)
+        base = best["base"]
+        ratio = {k: v / base for k, v in best.items()}
+        limit = LIMITS.get(method, DEFAULT_LIMIT)
+        ok = ratio["tracked"] <= limit and ratio["instances"] - ratio["tracked"] <= 0.5
+        failures += not ok
+        paper = f"{ratio['paper']:>8.2f}" if "paper" in ratio else f"{'-':>8}"
+        line = f"{method:<10}{base:>18.4f}{ratio['tracked']:>9.2f}{ratio['instances']:>12.2f}{paper}{limit:>7.1f}"
+        if torch.cuda.is_available():
+            line += f"{(peaks['tracked'] - peaks['base']) / grad_bytes:>18.2f}"
+        print(line + ("" if ok else "   <- misses the target"))
+    print("all targets met" if failures == 0 else f"{failures} method(s) miss the target")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

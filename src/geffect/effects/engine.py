@@ -1,0 +1,158 @@
+"""G-effects of a direction G on a data set: totals per tensor, per item, per token.
+
+    e(D) = grad R(D) . G,   R(D) = (1/N) sum_{i,t} ce_{i,t} over the N valid label tokens of D.
+
+The engine knows nothing about objectives: G is any gradient-shaped direction aligned with a
+`ParameterLayout` (typically the objective's gradient, `param_grads(layout)` after the step's backward).
+Over several batches the dot product is linear, so e(D) = sum_b grad(sum_b ce / N) . G: a whole set costs
+one forward and one backward per batch and never more than one gradient in memory (none at all with the
+ghost path, which computes the dots inside the backward).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from geffect.effects.blocks import ParameterLayout
+from geffect.effects.dots import Breakdown, reduce_partials, tensor_dots
+from geffect.effects.ghost import GhostPass, GhostRecorder
+from geffect.effects.tokens import count_tokens, risk_terms, token_effects
+
+Batch = dict
+
+
+@dataclass
+class SetEffect:
+    """The G-effect of one direction on one data set."""
+
+    per_tensor: torch.Tensor  # [n_tensors] float64 on the host
+    layout: ParameterLayout
+    risk: float  # R(D), mean token NLL over the set
+    n_tokens: int
+    items: dict[int, float] | None = None  # item id -> c_i
+    tokens: dict[int, list[float]] | None = None  # item id -> c_{i,t} over the item's label tokens, in order
+    item_tokens: dict[int, int] = field(default_factory=dict)  # item id -> n_i
+
+    @property
+    def breakdown(self) -> Breakdown:
+        return Breakdown(self.per_tensor, self.layout)
+
+    @property
+    def total(self) -> float:
+        return float(self.per_tensor.sum())
+
+
+def total_tokens(batches: Iterable[Batch]) -> int:
+    return sum(count_tokens(b["labels"]) for b in batches)
+
+
+def _item_ids(batch: Batch) -> list[int]:
+    if "index" in batch:
+        return [int(i) for i in batch["index"]]
+    return list(range(batch["labels"].shape[0]))
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def gradient_effect(
+    model: nn.Module,
+    layout: ParameterLayout,
+    batches: Sequence[Batch],
+    G: list[torch.Tensor | None],
+    n_total: int | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> SetEffect:
+    """e(D) per tensor from plain risk gradients, one batch (and one gradient) at a time."""
+    n_total = n_total or total_tokens(batches)
+    device = _device(model)
+    per_tensor = torch.zeros(len(layout), dtype=dtype, device=device)
+    risk_sum = 0.0
+    for batch in batches:
+        batch = _to_device(batch, device)
+        with torch.enable_grad():
+            risk, _, _ = risk_terms(model, batch, n_total)
+            grads = torch.autograd.grad(risk, layout.params, allow_unused=True)
+        per_tensor += tensor_dots(grads, G, dtype)
+        risk_sum += float(risk.detach())
+        del grads
+    return SetEffect(per_tensor=per_tensor.cpu(), layout=layout, risk=risk_sum, n_tokens=n_total)
+
+
+def split_tokens(values: torch.Tensor, labels: torch.Tensor, ids: list[int]) -> dict[int, list[float]]:
+    mask = labels != -100
+    mask[:, 0] = False  # the first token is never predicted
+    host, mask = values.cpu(), mask.cpu()
+    return {item: host[row][mask[row]].tolist() for row, item in enumerate(ids)}
+
+
+def ghost_effect(
+    model: nn.Module,
+    layout: ParameterLayout,
+    batches: Sequence[Batch],
+    G: list[torch.Tensor | None],
+    n_total: int | None = None,
+    tokens: bool = False,
+    recorder: GhostRecorder | None = None,
+) -> SetEffect:
+    """e(D) per tensor and per item (ghost dot products), and per token on request (forward mode)."""
+    n_total = n_total or total_tokens(batches)
+    device = _device(model)
+    own_recorder = recorder is None
+    recorder = recorder or GhostRecorder(model, layout)
+    per_tensor = torch.zeros(len(layout), dtype=torch.float64, device=device)
+    items: dict[int, float] = {}
+    token_map: dict[int, list[float]] = {}
+    item_tokens: dict[int, int] = {}
+    risk_sum = 0.0
+    try:
+        for batch in batches:
+            batch = _to_device(batch, device)
+            ids = _item_ids(batch)
+            recorder.clear()
+            with torch.enable_grad(), recorder.recording():
+                risk, ce, _ = risk_terms(model, batch, n_total)
+            result = recorder.backward(risk, G, batch_size=len(ids))
+            recorder.clear()
+            item_values = item_contributions(model, layout, batch, G, n_total, result)
+            per_tensor += result.per_tensor
+            risk_sum += float(risk.detach())
+            counts = (batch["labels"][:, 1:] != -100).sum(1).tolist()
+            for item, value, count in zip(ids, item_values.tolist(), counts):
+                items[item] = items.get(item, 0.0) + value
+                item_tokens[item] = item_tokens.get(item, 0) + count
+            if tokens:
+                token_map.update(split_tokens(token_effects(model, layout, batch, G, n_total), batch["labels"], ids))
+    finally:
+        if own_recorder:
+            recorder.remove()
+    return SetEffect(
+        per_tensor=per_tensor.cpu(), layout=layout, risk=risk_sum, n_tokens=n_total,
+        items=items, tokens=token_map if tokens else None, item_tokens=item_tokens,
+    )
+
+
+def item_contributions(model: nn.Module, layout: ParameterLayout, batch: Batch, G: list, n_total: int, result: GhostPass) -> torch.Tensor:
+    """Per-item totals [B] float64 from a ghost pass; tensors it could not itemise go through forward mode."""
+    if not result.unitemised_tensors:
+        return result.items
+    only = set(result.unitemised_tensors)
+    keep = torch.ones(len(layout), dtype=torch.bool, device=result.per_item.device)
+    keep[list(only)] = False
+    fallback = token_effects(model, layout, batch, G, n_total, only=only).sum(1)
+    return result.per_item[keep].sum(0) + fallback
+
+
+def reduce_effect(effect: SetEffect, mode: str) -> SetEffect:
+    """All-reduce the per-tensor vector across processes (see `dots.reduce_partials`)."""
+    vector = reduce_partials(effect.per_tensor, mode, weight=float(effect.n_tokens))
+    return SetEffect(vector, effect.layout, effect.risk, effect.n_tokens, effect.items, effect.tokens, effect.item_tokens)

@@ -1,0 +1,342 @@
+"""Per-item G-effect contributions without per-item gradients ("ghost" dot products).
+
+For a module with output y_i = f(x_i; W) the per-item gradient of a loss is sum_t (dy_{i,t}/dW)^T delta_{i,t},
+so its inner product with a fixed direction G is sum_t delta_{i,t} . (J_W y_{i,t}) G: the module's
+directional derivative along G (its "tangent output") dotted with the output gradient delta, summed over the
+item's positions. One batched backward pass with hooks gives this for every item at once:
+
+- forward hooks on every module that owns tracked parameters capture its inputs and put a tensor hook on
+  its output; the tensor hook receives delta during the backward and turns it into per-item numbers at once
+  (nothing is kept per item but scalars);
+- tangent outputs: `nn.Linear` x G_W^T (+ G_b), transformers' `Conv1D` x G_W (+ G_b), `nn.Embedding`
+  G_W[ids] (zero at `padding_idx`, whose row never receives gradient), any other module (LayerNorm,
+  RMSNorm of any flavour, ...) through `torch.func.jvp` of the module with respect to its own parameters,
+  which is exact whatever its forward does, as long as items do not mix along dimension 0 (`nn.LayerNorm`
+  has a closed form: normalised input times G_w, plus G_b).
+
+The backward asks autograd only for the gradients of the "source" outputs (modules fed by no
+differentiable input, e.g. the embeddings), so no parameter gradient is ever materialised. A parameter
+tied to two modules (input embedding and lm_head) gets both modules' terms, as its gradient does.
+
+Tensors that this cannot attribute per item (parameters of no hooked module, or modules whose outputs do
+not keep the batch on dimension 0) still get exact totals from the same backward; their per-item part is
+listed in `GhostPass.unitemised` for the caller's fallback (forward-mode, see `tokens.py`).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geffect.effects.blocks import ParameterLayout
+
+try:  # GPT-2 style layers: y = x @ W + b with W stored [in, out]
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # pragma: no cover - transformers is a dependency
+    Conv1D = ()
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _per_item(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], -1).sum(1, dtype=torch.float64)
+
+
+def _item_dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Per-item <u_i, v_i> [B] float64 for u, v broadcastable to [B, ...]; fp32 accumulation below float64."""
+    u, v = torch.broadcast_tensors(u, v)
+    batch = u.shape[0]
+    if u.dtype == torch.float64:
+        return (u * v).reshape(batch, -1).sum(1)
+    # a batched matmul: no product-sized temporary, fp32 accumulation
+    return torch.bmm(u.reshape(batch, 1, -1), v.reshape(batch, -1, 1)).reshape(batch).double()
+
+
+def _first_input(args: tuple, kwargs: dict, *names: str) -> torch.Tensor:
+    if args:
+        return args[0]
+    for name in names:
+        if name in kwargs:
+            return kwargs[name]
+    raise RuntimeError("could not find the module input")
+
+
+# -- tangent terms per module kind: each returns {param_name: per-item vector [B]} ---------------------------
+
+def _linear_terms(module: nn.Module, args: tuple, kwargs: dict, delta: torch.Tensor, G: dict) -> dict:
+    x = _first_input(args, kwargs, "input")
+    dt = _work_dtype(delta.dtype)
+    d = delta.to(dt)
+    out = {}
+    if "weight" in G:
+        # sum_t delta_t^T G a_t, projecting onto the smaller of the two sides (e.g. hidden, not vocabulary)
+        weight_g = G["weight"].to(dt)
+        weight_g = weight_g if isinstance(module, Conv1D) else weight_g.T  # [in, out]
+        if weight_g.shape[1] > weight_g.shape[0]:
+            out["weight"] = _item_dot(d @ weight_g.T, x.to(dt))
+        else:
+            out["weight"] = _item_dot(x.to(dt) @ weight_g, d)
+    if "bias" in G:
+        out["bias"] = _per_item(d.reshape(d.shape[0], -1, d.shape[-1]).sum(1) * G["bias"].to(dt))
+    return out
+
+
+def _embedding_terms(module: nn.Embedding, args: tuple, kwargs: dict, delta: torch.Tensor, G: dict) -> dict:
+    if "weight" not in G:
+        return {}
+    ids = _first_input(args, kwargs, "input")
+    dt = _work_dtype(delta.dtype)
+    rows = F.embedding(ids, G["weight"]).to(dt)
+    if module.padding_idx is not None:
+        rows = rows * (ids != module.padding_idx).unsqueeze(-1)
+    return {"weight": _item_dot(rows, delta.to(dt))}
+
+
+def _layer_norm_terms(module: nn.LayerNorm, args: tuple, kwargs: dict, delta: torch.Tensor, G: dict) -> dict:
+    x = _first_input(args, kwargs, "input")
+    dt = _work_dtype(delta.dtype)
+    d = delta.to(dt)
+    out = {}
+    if "weight" in G:
+        normalised = F.layer_norm(x, module.normalized_shape, None, None, module.eps).to(dt)
+        out["weight"] = _item_dot(normalised * G["weight"].to(dt), d)
+    if "bias" in G:
+        out["bias"] = _per_item(d.reshape(d.shape[0], -1, d.shape[-1]).sum(1) * G["bias"].to(dt))
+    return out
+
+
+def _jvp_terms(module: nn.Module, args: tuple, kwargs: dict, delta: torch.Tensor, G: dict, output_index: int) -> dict:
+    """Exact generic term: tangent of the module's output along one own parameter at a time."""
+    dt = _work_dtype(delta.dtype)
+    own = dict(module.named_parameters(recurse=False))
+    out = {}
+    for name, tangent in G.items():
+        def call(value, name=name):
+            result = torch.func.functional_call(module, {name: value}, args, kwargs)
+            return _output_tensors(result)[output_index]
+
+        _, tangent_out = torch.func.jvp(call, (own[name].detach(),), (tangent.to(own[name].dtype),))
+        out[name] = _item_dot(tangent_out.to(dt), delta.to(dt))
+    return out
+
+
+def _output_tensors(output: Any) -> list[torch.Tensor]:
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, (tuple, list)):
+        return [t for t in output if isinstance(t, torch.Tensor)]
+    if hasattr(output, "to_tuple"):
+        return [t for t in output.to_tuple() if isinstance(t, torch.Tensor)]
+    return []
+
+
+def _tensors_in(args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    found = [a for a in args if isinstance(a, torch.Tensor)]
+    found += [v for v in kwargs.values() if isinstance(v, torch.Tensor)]
+    return found
+
+
+@dataclass
+class _Capture:
+    module: nn.Module
+    args: tuple
+    kwargs: dict
+    versions: list[tuple[torch.Tensor, int]]
+    outputs: list[torch.Tensor]
+    is_source: bool
+    reached_by_other_backward: bool = False
+
+
+@dataclass
+class GhostPass:
+    """Per-tensor, per-item contributions of one ghost backward."""
+
+    per_item: torch.Tensor  # [n_tensors, B] float64
+    unitemised: torch.Tensor  # [n_tensors] float64, terms that could not be split per item
+    unitemised_tensors: set[int] = field(default_factory=set)
+
+    @property
+    def per_tensor(self) -> torch.Tensor:
+        return self.per_item.sum(1) + self.unitemised
+
+    @property
+    def items(self) -> torch.Tensor:
+        return self.per_item.sum(0)
+
+
+class GhostRecorder:
+    """Hooks on a model for ghost dot products; use `recording()` around forwards, then `backward(...)`.
+
+    The hooks stay registered until `remove()`; outside `recording()` they only return.
+    """
+
+    def __init__(self, model: nn.Module, layout: ParameterLayout):
+        self.model = model
+        self.layout = layout
+        self._recording = False
+        self._pass: tuple[GhostPass, list, int] | None = None  # (result, G by tensor, batch size)
+        self._captures: list[_Capture] = []
+        self._handles = []
+        hooked: set[int] = set()
+        for module in model.modules():
+            own = [p for p in module.parameters(recurse=False) if layout.index_of(p) is not None]
+            if not own:
+                continue
+            hooked |= {layout.index_of(p) for p in own}
+            self._handles.append(module.register_forward_hook(self._on_forward, with_kwargs=True))
+        # Parameters no module owns directly through a call we can see: totals come from plain gradients.
+        self.unhooked = sorted(set(range(len(layout))) - hooked)
+        self._batch_size: int | None = None
+        self._handles.append(model.register_forward_pre_hook(self._on_root, with_kwargs=True))
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.clear()
+
+    def clear(self) -> None:
+        self._captures.clear()
+
+    def start(self) -> None:
+        self._recording = True
+
+    def stop(self) -> None:
+        self._recording = False
+
+    class _Recording:
+        def __init__(self, recorder: "GhostRecorder"):
+            self.recorder = recorder
+
+        def __enter__(self):
+            self.recorder.start()
+            return self.recorder
+
+        def __exit__(self, *exc):
+            self.recorder.stop()
+
+    def recording(self) -> "_Recording":
+        return GhostRecorder._Recording(self)
+
+    def drop_stale(self) -> None:
+        """Forget captures whose graph another backward already used (a finished micro-batch)."""
+        self._captures = [c for c in self._captures if not c.reached_by_other_backward]
+
+    @property
+    def has_captures(self) -> bool:
+        return bool(self._captures)
+
+    # -- hooks -------------------------------------------------------------------------------------------
+    def _on_root(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        first = kwargs.get("input_ids", kwargs.get("inputs_embeds", args[0] if args else None))
+        self._batch_size = first.shape[0] if isinstance(first, torch.Tensor) and first.dim() > 0 else None
+
+    def _on_forward(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        if not self._recording or not torch.is_grad_enabled():
+            return None
+        inputs = _tensors_in(args, kwargs)
+        replaced = None
+        if (
+            isinstance(output, torch.Tensor) and output.requires_grad and output.dim() > 0 and output.shape[0] == 1
+            and (self._batch_size or 1) > 1 and not any(t.requires_grad for t in inputs)
+        ):
+            # A table shared by the whole batch (GPT-2's position embeddings, [1, T, d]) is broadcast later, which
+            # would sum the items' output gradients. Expanding it here (same values, no copy) keeps them apart.
+            output = replaced = output.expand(self._batch_size, *output.shape[1:])
+        outputs = [t for t in _output_tensors(output) if t.requires_grad]
+        if not outputs:
+            return None
+        capture = _Capture(
+            module=module,
+            args=tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args),
+            kwargs={k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()},
+            versions=[(t, t._version) for t in inputs],
+            outputs=outputs,
+            is_source=not any(t.requires_grad for t in inputs),
+        )
+        for k, out in enumerate(outputs):
+            out.register_hook(functools.partial(self._on_grad, capture, k))
+        self._captures.append(capture)
+        return replaced
+
+    def _on_grad(self, capture: _Capture, output_index: int, delta: torch.Tensor) -> None:
+        if self._pass is None:
+            capture.reached_by_other_backward = True
+            return
+        result, G, batch_size = self._pass
+        with torch.no_grad():
+            self._add_terms(capture, output_index, delta, result, G, batch_size)
+
+    def _add_terms(self, capture: _Capture, k: int, delta: torch.Tensor, result: GhostPass, G: list, batch_size: int) -> None:
+        for t, version in capture.versions:
+            if t._version != version:
+                raise RuntimeError(
+                    f"an input of {type(capture.module).__name__} was modified in place after the forward; "
+                    "ghost G-effects need the inputs as the module saw them"
+                )
+        module = capture.module
+        own = {n: p for n, p in module.named_parameters(recurse=False) if self.layout.index_of(p) is not None}
+        tangents = {n: G[self.layout.index_of(p)] for n, p in own.items() if G[self.layout.index_of(p)] is not None}
+        if not tangents:
+            return
+        if isinstance(module, (nn.Linear, Conv1D)) and set(own) <= {"weight", "bias"}:
+            terms = _linear_terms(module, capture.args, capture.kwargs, delta, tangents)
+        elif type(module) is nn.LayerNorm and set(own) <= {"weight", "bias"}:
+            terms = _layer_norm_terms(module, capture.args, capture.kwargs, delta, tangents)
+        elif isinstance(module, nn.Embedding) and module.max_norm is None:
+            terms = _embedding_terms(module, capture.args, capture.kwargs, delta, tangents)
+        else:
+            terms = _jvp_terms(module, capture.args, capture.kwargs, delta, tangents, k)
+        for name, values in terms.items():
+            index = self.layout.index_of(own[name])
+            if values.shape[0] == batch_size and delta.shape[0] == batch_size:
+                result.per_item[index] += values
+            else:  # items are not on dimension 0 here: keep the exact total only
+                result.unitemised[index] += values.sum()
+                result.unitemised_tensors.add(index)
+
+    # -- the ghost backward ------------------------------------------------------------------------------
+    def backward(self, risk: torch.Tensor, G: list[torch.Tensor | None], batch_size: int, retain_graph: bool = False) -> GhostPass:
+        """Per-tensor, per-item contributions grad(risk_i) . G for the recorded forward(s) behind `risk`.
+
+        `risk` must be a sum over items of per-item terms (e.g. sum of token NLLs / N). `G` is aligned with
+        the layout (None = zero). Only one ghost backward runs at a time.
+        """
+        if self._pass is not None:
+            raise RuntimeError("a ghost backward is already running")
+        device = risk.device
+        n = len(self.layout)
+        result = GhostPass(
+            per_item=torch.zeros(n, batch_size, dtype=torch.float64, device=device),
+            unitemised=torch.zeros(n, dtype=torch.float64, device=device),
+        )
+        sources = [out for c in self._captures if c.is_source for out in c.outputs]
+        # Tensors whose owning module was not called in the recorded forward(s) may still be used (by a
+        # parent that reads `module.weight` directly): their exact totals come from plain gradients.
+        seen = {self.layout.index_of(p) for c in self._captures for p in c.module.parameters(recurse=False)}
+        extra = [i for i in range(n) if i not in seen and G[i] is not None]
+        inputs = sources + [self.layout.params[i] for i in extra]
+        if not inputs:
+            return result
+        self._pass = (result, G, batch_size)
+        was_recording, self._recording = self._recording, False  # jvp re-runs module forwards
+        try:
+            grads = torch.autograd.grad(risk, inputs, allow_unused=True, retain_graph=retain_graph)
+        finally:
+            self._pass = None
+            self._recording = was_recording
+        from geffect.effects.dots import tensor_dot
+
+        for i, grad in zip(extra, grads[len(sources):]):
+            if grad is not None:
+                result.unitemised[i] += tensor_dot(grad, G[i])
+                result.unitemised_tensors.add(i)
+        return result

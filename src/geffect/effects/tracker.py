@@ -1,0 +1,459 @@
+"""In-run G-effect tracking: a StepCallback that appends one JSON line per measured step to RUN/geffect.jsonl.
+
+After the step's backward, `p.grad` holds G = grad L_u (the full loss). For each side (u: the forget batch,
+r: the retain batch, or a fixed retain probe when the step has none) the tracker computes e = grad R . G:
+
+- it reuses the step's graph when the objective left the risk attached (`LossOutput.forget_risk`,
+  `retain_risk`), and runs a new forward only when a risk is missing (GA: no retain batch);
+- risk gradients come from `torch.autograd.grad`, so `p.grad` is untouched, one at a time, dotted and freed
+  (extra peak memory: one gradient); with `instances` the ghost backward gives per-tensor and per-item
+  numbers without materialising any gradient;
+- when the loss is structurally linear in the risks (the graph shows forget_loss = -forget_risk and
+  retain_loss = retain_risk, and loss = gamma * forget_loss + alpha * retain_loss, as for GA and GradDiff),
+  and G is exactly this micro-batch's gradient (one micro-batch per step, one process), a risk gradient
+  follows from G and the other risk gradient by algebra: GA's e_u = -G.G / gamma costs nothing.
+  This is read from the autograd graph, not from method names.
+
+Estimators: `batch` (the step's last micro-batch), `ema` (the paper's smoothed gradients; three fp32 device
+copies), `full` (the whole forget set and a fixed retain probe of `probe_size` items, new forwards).
+Format: docs/geffect-format.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from geffect.effects.blocks import ParameterLayout, discover_layout
+from geffect.effects.dots import Breakdown, detect_reduce_mode, param_grads, reduce_partials, tensor_dots
+from geffect.effects.engine import SetEffect, split_tokens, ghost_effect, gradient_effect, item_contributions
+from geffect.effects.estimators import ESTIMATORS, GradientEma
+from geffect.effects.ghost import GhostRecorder
+from geffect.effects.tokens import count_tokens, risk_terms, token_effects
+from geffect.errors import UsageError
+from geffect.io import append_jsonl, atomic_write_json, read_jsonl, atomic_write_text
+
+Batch = dict
+FILENAME = "geffect.jsonl"
+LAYOUT_FILENAME = "geffect_layout.json"
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    every: int = 1  # measure every K-th optimizer step
+    estimator: str = "batch"  # batch | ema | full
+    instances: bool = False  # per-item contributions (ghost dot products)
+    tokens: bool = False  # per-token contributions (one extra forward-mode pass per side)
+    tensors: bool = False  # per-tensor breakdown in every line
+    probe_size: int = 32  # retain probe items (full estimator; batch estimator when the step has no retain batch)
+    probe_batch_size: int = 8
+    filename: str = FILENAME
+
+    def validate(self) -> None:
+        if self.every < 1:
+            raise UsageError(f"--geffect-every must be >= 1, got {self.every}")
+        if self.estimator not in ESTIMATORS:
+            raise UsageError(f"unknown --geffect-estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+        if self.probe_size < 1 or self.probe_batch_size < 1:
+            raise UsageError("--geffect-probe-size must be >= 1")
+
+
+# -- structural linearity ------------------------------------------------------------------------------------
+
+def risk_coefficient(loss: torch.Tensor | None, risk: torch.Tensor | None) -> float | None:
+    """c when the autograd graph shows loss == c * risk (loss is risk: 1; loss = -risk: -1); else None."""
+    if loss is None or risk is None or risk.grad_fn is None:
+        return None
+    if loss is risk:
+        return 1.0
+    fn = loss.grad_fn
+    if fn is not None and type(fn).__name__ == "NegBackward0" and fn.next_functions[0][0] is risk.grad_fn:
+        return -1.0
+    return None
+
+
+def linear_coefficients(out, gamma: float | None, alpha: float | None) -> tuple[float, float] | None:
+    """(a_f, a_r) with loss = a_f * R_f + a_r * R_r exactly (a_r = 0 without a retain term), else None."""
+    if gamma is None or out.forget_risk is None:
+        return None
+    c_f = risk_coefficient(out.forget_loss, out.forget_risk)
+    if c_f is None or gamma == 0:
+        return None
+    a_f, a_r = gamma * c_f, 0.0
+    value = gamma * float(out.forget_loss.detach())
+    if out.retain_loss is not None:
+        c_r = risk_coefficient(out.retain_loss, out.retain_risk)
+        if c_r is None or alpha is None:
+            return None
+        a_r = alpha * c_r
+        value += alpha * float(out.retain_loss.detach())
+    if not math.isclose(float(out.loss.detach()), value, rel_tol=1e-5, abs_tol=1e-7):
+        return None
+    return a_f, a_r
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return _finite(obj)
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _attached(t: torch.Tensor | None) -> bool:
+    return t is not None and t.requires_grad and t.grad_fn is not None
+
+
+def _item_weights(out, batch: Batch) -> dict:
+    """The objective's weights per forget item: item weight and/or mean token weight over answer tokens."""
+    ids = [int(i) for i in batch["index"]]
+    result: dict[str, dict] = {}
+    if out.item_weights is not None:
+        result["item"] = {str(i): float(w) for i, w in zip(ids, out.item_weights.detach().float().reshape(-1).tolist())}
+    if out.token_weights is not None:
+        weights = out.token_weights.detach().float()
+        labels = batch["labels"]
+        # token weights may be aligned with the labels [B, T] or with the shifted labels [B, T-1]
+        mask = (labels[:, 1:] if weights.shape[1] == labels.shape[1] - 1 else labels) != -100
+        if weights.shape[1] == labels.shape[1]:
+            mask = mask.clone()
+            mask[:, 0] = False
+        mask = mask.to(weights.device)
+        sums = (weights * mask).sum(1)
+        counts = mask.sum(1).clamp(min=1)
+        result["token_mean"] = {str(i): float(v) for i, v in zip(ids, (sums / counts).tolist())}
+    return result
+
+
+class GEffectTracker:
+    """StepCallback measuring the unlearning and retaining G-effects in-run (see module docstring)."""
+
+    retain_graph = True
+
+    def __init__(self, config: TrackerConfig = TrackerConfig(), forget_batches: Sequence[Batch] | None = None, probe_batches: Sequence[Batch] | None = None):
+        config.validate()
+        self.config = config
+        self.forget_batches = list(forget_batches) if forget_batches is not None else None
+        self.probe_batches = list(probe_batches) if probe_batches is not None else None
+        self.layout: ParameterLayout | None = None
+        self.recorder: GhostRecorder | None = None
+        self.path: Path | None = None
+        self._probe_cursor = 0
+        self._predicted = {"u": 0.0, "r": 0.0}
+        self._ema: dict[str, GradientEma] = {}
+        self._handles: list = []
+        self._main = True
+        self._reduce = "none"
+        self._linear_ok = True
+        self._gamma: float | None = None
+        self._busy = False  # inside after_backward: the tracker's own forwards must not drop the step's captures
+        self._alpha: float | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    def on_train_begin(self, run) -> None:
+        model = run.model
+        self.layout = discover_layout(model)
+        self._reduce = detect_reduce_mode(model)
+        accelerator = run.accelerator
+        self._main = getattr(accelerator, "is_main_process", True)
+        options = (run.config or {}).get("options", {})
+        world = getattr(accelerator, "num_processes", 1)
+        self._linear_ok = int(options.get("grad_accum", 1)) == 1 and world == 1
+        objective_config = getattr(getattr(run, "objective", None), "config", None)
+        self._gamma = getattr(objective_config, "gamma", None)
+        self._alpha = getattr(objective_config, "alpha", None)
+        self.path = Path(run.run_dir) / self.config.filename
+        if self._main:
+            self._keep_until(run.start_step)
+            atomic_write_json(Path(run.run_dir) / LAYOUT_FILENAME, self._layout_json())
+        if self.probe_batches is None or (self.config.estimator == "full" and self.forget_batches is None):
+            self._build_default_sets(run)
+        if self.config.instances and getattr(model, "is_gradient_checkpointing", False):
+            # recomputed forwards inside the backward would be captured twice
+            raise UsageError("--geffect-instances does not work with gradient checkpointing; turn one of them off")
+        if self.config.instances and self.config.estimator == "batch":
+            self.recorder = GhostRecorder(model, self.layout)
+            # A new forward means the previous micro-batch is finished: drop its captures (memory).
+            self._handles.append(model.register_forward_pre_hook(self._before_forward))
+            self._arm(run.start_step + 1)
+        if self.config.estimator == "ema":
+            self._ema = {"G": GradientEma(), "u": GradientEma(), "r": GradientEma()}
+
+    def on_train_end(self, run) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        if self.recorder is not None:
+            self.recorder.remove()
+            self.recorder = None
+
+    def _before_forward(self, *_) -> None:
+        if self.recorder is not None and not self._busy and torch.is_grad_enabled():
+            self.recorder.drop_stale()
+
+    def _arm(self, step: int) -> None:
+        if self.recorder is not None:
+            if step % self.config.every == 0:
+                self.recorder.start()
+            else:
+                self.recorder.stop()
+
+    def _keep_until(self, step: int) -> None:
+        """On resume keep the lines of steps already taken; on a fresh run start an empty file."""
+        if self.path.exists():
+            if step == 0:
+                self.path.unlink()
+            else:
+                kept = [r for r in read_jsonl(self.path) if int(r.get("step", 0)) <= step]
+                atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+                for r in kept:
+                    if "predicted_change" in r:
+                        self._predicted = {"u": r["predicted_change"]["e_u"], "r": r["predicted_change"]["e_r"]}
+
+    def _layout_json(self) -> dict:
+        layout = self.layout
+        return {
+            **layout.describe(),
+            "tensors": [{"name": t.name, "shape": list(t.shape), "layer": t.layer, "group": t.group} for t in layout.tensors],
+            "tracker": dataclasses.asdict(self.config),
+        }
+
+    def _build_default_sets(self, run) -> None:
+        """Retain probe (and the forget set for `full`) from the run's data, encoded like the training items."""
+        from geffect.data.collate import collate, pad_token_id
+        from geffect.data.templates import get_template
+        from geffect.data.tofu import RETAIN_FOR_FORGET, load_split
+        from geffect.training.batches import encode_records
+
+        options = (run.config or {}).get("options", {})
+        resolved = (run.config or {}).get("resolved", {})
+        if "data" not in options:
+            raise UsageError("G-effect tracking needs a retain probe: pass probe_batches or run through `geffect unlearn`")
+        template = get_template(resolved.get("template") or options.get("template"))
+        encode = dict(tokenizer=run.tokenizer, template=template, max_length=int(options.get("max_length", 512)))
+        pad = pad_token_id(run.tokenizer)
+        size = self.config.probe_batch_size
+        device = next(run.model.parameters()).device
+
+        def batches(items):
+            return [
+                {k: v.to(device) for k, v in collate(items[i : i + size], pad).items()} for i in range(0, len(items), size)
+            ]
+
+        if self.probe_batches is None:
+            records = load_split(options["data"], RETAIN_FOR_FORGET[options.get("forget", "forget10")])
+            generator = torch.Generator().manual_seed(int(options.get("seed", 0)))
+            chosen = torch.randperm(len(records), generator=generator)[: self.config.probe_size].sort().values.tolist()
+            items = encode_records(records=records, **encode)
+            self.probe_batches = batches([items[i] for i in chosen])
+        if self.config.estimator == "full" and self.forget_batches is None:
+            records = load_split(options["data"], options.get("forget", "forget10"))
+            self.forget_batches = batches(encode_records(records=records, **encode))
+
+    # -- the measurement ---------------------------------------------------------------------------------------
+    def after_backward(self, run, step) -> None:
+        if step.step % self.config.every != 0:
+            self._arm(step.step + 1)
+            return
+        started = time.perf_counter()
+        G = param_grads(self.layout)
+        self._busy = True
+        try:
+            if self.config.estimator == "full":
+                effects = {"u": self._measure_set(run, self.forget_batches, G), "r": self._measure_set(run, self.probe_batches, G)}
+                extra = {}
+            else:
+                effects, extra = self._measure_step(run, step, G)
+        finally:
+            self._busy = False
+            if self.recorder is not None:
+                self.recorder.clear()
+        self._arm(step.step + 1)
+        record = self._record(step, effects, extra, time.perf_counter() - started)
+        if self._main:
+            append_jsonl(self.path, _clean(record))
+
+    def _measure_set(self, run, batches: Sequence[Batch], G) -> SetEffect:
+        model = run.model
+        if self.config.instances:
+            return ghost_effect(model, self.layout, batches, G, tokens=self.config.tokens)
+        return gradient_effect(model, self.layout, batches, G)
+
+    def _side_inputs(self, step) -> dict[str, tuple[Batch, torch.Tensor | None]]:
+        out = step.loss_output
+        forget = step.batch.forget
+        retain = step.batch.retain
+        sides = {"u": (forget, out.forget_risk if _attached(out.forget_risk) else None)}
+        if retain is not None and _attached(out.retain_risk):
+            sides["r"] = (retain, out.retain_risk)
+        elif retain is not None:
+            sides["r"] = (retain, None)
+        else:
+            probe = self.probe_batches[self._probe_cursor % len(self.probe_batches)]
+            self._probe_cursor += 1
+            sides["r"] = (probe, None)
+        return sides
+
+    def _measure_step(self, run, step, G) -> tuple[dict[str, SetEffect], dict]:
+        out = step.loss_output
+        sides = self._side_inputs(step)
+        linear = None
+        if self._linear_ok and not self.config.instances and self.config.estimator == "batch":
+            linear = linear_coefficients(out, self._gamma, self._alpha)
+        effects: dict[str, SetEffect] = {}
+        ema_grads: dict[str, list] = {}
+        if linear is not None:
+            a_f, a_r = linear
+            gg = tensor_dots(G, G)
+            if a_r == 0.0:
+                effects["u"] = self._from_dots(gg / a_f, sides["u"][0], out.forget_risk)
+                effects["r"] = self._side_effect(run, *sides["r"], G)
+            else:
+                effects["r"] = self._side_effect(run, *sides["r"], G)
+                dots_r = effects["r"].per_tensor.to(gg.device)
+                effects["u"] = self._from_dots((gg - a_r * dots_r) / a_f, sides["u"][0], out.forget_risk)
+        else:
+            for side, (batch, risk) in sides.items():
+                keep = ema_grads.setdefault(side, []) if self.config.estimator == "ema" else None
+                effects[side] = self._side_effect(run, batch, risk, G, keep)
+        extra: dict = {}
+        if self.config.estimator == "ema":
+            self._ema["G"].update(G)
+            extra["ema"] = {}
+            for side in ("u", "r"):
+                self._ema[side].update(ema_grads[side])
+                extra["ema"][f"e_{side}"] = Breakdown(self._ema[side].dots(self._ema["G"]).cpu(), self.layout)
+            ema_grads.clear()
+        if out.item_weights is not None or out.token_weights is not None:
+            extra["weights"] = _item_weights(out, step.batch.forget)
+        return effects, extra
+
+    def _from_dots(self, dots: torch.Tensor, batch: Batch, risk: torch.Tensor | None) -> SetEffect:
+        return SetEffect(dots.cpu(), self.layout, float(risk.detach()) if risk is not None else float("nan"), count_tokens(batch["labels"]))
+
+    def _side_effect(self, run, batch: Batch, risk: torch.Tensor | None, G, keep: list | None = None) -> SetEffect:
+        """e on one batch: reuse `risk`'s graph when given, else a new forward; ghost when instances are on."""
+        model, layout = run.model, self.layout
+        n = count_tokens(batch["labels"])
+        if self.config.instances and keep is None:
+            if risk is None or self.recorder is None or not self.recorder.has_captures:
+                # A new forward, with its own hooks; the step's captures stay for the other side.
+                if self.recorder is not None:
+                    self.recorder.stop()
+                return ghost_effect(model, layout, [batch], G, tokens=self.config.tokens)
+            result = self.recorder.backward(risk.float() if risk.dtype != torch.float64 else risk, G, batch_size=batch["labels"].shape[0], retain_graph=True)
+            items_vec = item_contributions(model, layout, batch, G, n, result).tolist()
+            ids = [int(i) for i in batch["index"]]
+            counts = (batch["labels"][:, 1:] != -100).sum(1).tolist()
+            effect = SetEffect(result.per_tensor.cpu(), layout, float(risk.detach()), n, dict(zip(ids, items_vec)), None, dict(zip(ids, counts)))
+            if self.config.tokens:
+                effect.tokens = split_tokens(token_effects(model, layout, batch, G, n), batch["labels"], ids)
+            return effect
+        with torch.enable_grad():
+            if risk is None:
+                risk, _, _ = risk_terms(model, batch)
+            grads = torch.autograd.grad(risk, layout.params, allow_unused=True, retain_graph=True)
+        dots = tensor_dots(grads, G)
+        if keep is not None:
+            keep.extend(grads)
+        del grads
+        effect = SetEffect(dots.cpu(), layout, float(risk.detach()), n)
+        if self.config.tokens:
+            ids = [int(i) for i in batch["index"]]
+            tokens = token_effects(model, layout, batch, G, n)
+            effect.tokens = split_tokens(tokens, batch["labels"], ids)
+            effect.items = {i: sum(v) for i, v in effect.tokens.items()}
+        return effect
+
+    # -- the JSON line --------------------------------------------------------------------------------------------
+    def _reduced(self, effect: SetEffect) -> SetEffect:
+        if self._reduce == "none":
+            return effect
+        mode = self._reduce
+        vector = reduce_partials(effect.per_tensor.to(self._device()), mode, weight=float(effect.n_tokens)).cpu()
+        items, tokens, n_total = effect.items, effect.tokens, effect.n_tokens
+        if mode == "data_parallel":
+            # Each rank measured its own items against its own token count: rescale to the union's count.
+            gathered: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, (effect.n_tokens, effect.risk, items, tokens))
+            n_total = sum(g[0] for g in gathered)
+            risk = sum(g[0] * g[1] for g in gathered) / max(n_total, 1)
+            items = None if items is None else {k: v * g[0] / n_total for g in gathered for k, v in g[2].items()}
+            tokens = None if tokens is None else {k: [x * g[0] / n_total for x in v] for g in gathered for k, v in g[3].items()}
+            return SetEffect(vector, effect.layout, risk, n_total, items, tokens, effect.item_tokens)
+        return SetEffect(vector, effect.layout, effect.risk, n_total, items, tokens, effect.item_tokens)
+
+    def _device(self) -> torch.device:
+        return self.layout.params[0].device
+
+    def _record(self, step, effects: dict[str, SetEffect], extra: dict, seconds: float) -> dict:
+        tensors = self.config.tensors
+        record: dict[str, Any] = {"step": step.step, "lr": step.lr, "estimator": self.config.estimator}
+        for side in ("u", "r"):
+            effect = self._reduced(effects[side])
+            record[f"e_{side}"] = effect.breakdown.to_json(tensors=tensors)
+            record[f"risk_{side}"] = effect.risk
+            record[f"n_tokens_{side}"] = effect.n_tokens
+            if effect.items is not None:
+                record[f"items_{side}"] = {str(k): v for k, v in effect.items.items()}
+            if effect.tokens is not None:
+                record[f"tokens_{side}"] = {str(k): v for k, v in effect.tokens.items()}
+            total = effect.total
+            if math.isfinite(total):
+                self._predicted[side] += -step.lr * total * self.config.every
+        record["predicted_change"] = {"e_u": self._predicted["u"], "e_r": self._predicted["r"]}
+        if "ema" in extra:
+            record["ema"] = {k: self._reduced_breakdown(v).to_json(tensors=tensors) for k, v in extra["ema"].items()}
+        if "weights" in extra:
+            record["weights"] = extra["weights"]
+        record["seconds"] = seconds
+        return record
+
+    def _reduced_breakdown(self, breakdown: Breakdown) -> Breakdown:
+        if self._reduce == "sharded":
+            return Breakdown(reduce_partials(breakdown.per_tensor.to(self._device()), "sharded").cpu(), breakdown.layout)
+        return breakdown  # EMA of replicated-G dots: each rank's value is its own smoothed estimate
+
+
+# -- CLI wiring ------------------------------------------------------------------------------------------------
+
+def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("G-effect tracking (docs/geffect-format.md)")
+    group.add_argument("--track-geffect", action="store_true", help="append one line per measured step to RUN/geffect.jsonl")
+    group.add_argument("--geffect-every", type=int, default=1, metavar="K", help="measure every K-th optimizer step (default 1)")
+    group.add_argument("--geffect-estimator", choices=ESTIMATORS, default="batch", help="batch (step's mini-batch), ema (paper's smoothed gradients), full (whole forget set and retain probe)")
+    group.add_argument("--geffect-instances", action="store_true", help="per-item contributions (ghost dot products)")
+    group.add_argument("--geffect-tokens", action="store_true", help="per-token contributions (one forward-mode pass per side)")
+    group.add_argument("--geffect-tensors", action="store_true", help="per-tensor breakdown in every line")
+    group.add_argument("--geffect-probe-size", type=int, default=32, metavar="N", help="retain probe items (default 32)")
+
+
+def tracker_from_args(args: argparse.Namespace, forget_batches: Sequence[Batch] | None = None, probe_batches: Sequence[Batch] | None = None) -> GEffectTracker | None:
+    """The tracker the options ask for, or None without --track-geffect."""
+    if not getattr(args, "track_geffect", False):
+        return None
+    config = TrackerConfig(
+        every=args.geffect_every,
+        estimator=args.geffect_estimator,
+        instances=args.geffect_instances or args.geffect_tokens,
+        tokens=args.geffect_tokens,
+        tensors=args.geffect_tensors,
+        probe_size=args.geffect_probe_size,
+    )
+    return GEffectTracker(config, forget_batches=forget_batches, probe_batches=probe_batches)

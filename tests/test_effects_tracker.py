@@ -1,0 +1,145 @@
+"""The in-run tracker against independent G-effect computations, on a hand-driven loop."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+from test_effects_models import tiny_batch, tiny_model
+
+from geffect.effects.blocks import discover_layout
+from geffect.effects.engine import total_tokens
+from geffect.effects.tokens import risk_terms
+from geffect.effects.tracker import GEffectTracker, TrackerConfig, add_tracking_arguments, linear_coefficients, tracker_from_args
+from geffect.io import read_jsonl
+from geffect.objectives import ObjectiveConfig, UnlearnBatch, build_objective, parse_method_spec
+from geffect.training.callbacks import RunContext, StepContext
+
+
+def _risk_grad(model, layout, batch) -> list[torch.Tensor]:
+    risk, _, _ = risk_terms(model, batch)
+    return list(torch.autograd.grad(risk, layout.params, allow_unused=True))
+
+
+def _dot(left, right) -> float:
+    return sum(float((a.double() * b.double()).sum()) for a, b in zip(left, right) if a is not None and b is not None)
+
+
+def _drive(tmp_path, method: str, config: TrackerConfig, steps: int = 2, retain: bool = True, lr: float = 1e-3):
+    """A minimal unlearning loop (SGD) calling the tracker as the trainer does; returns records and references."""
+    model = tiny_model("gpt2", True)
+    ref = copy.deepcopy(model)
+    name, retain_loss = parse_method_spec(method)
+    objective = build_objective(ObjectiveConfig(method=name, retain_loss=retain_loss))
+    probe = [tiny_batch(3, 8, seed=40, first_index=500)]
+    tracker = GEffectTracker(config, forget_batches=[tiny_batch(4, 9, seed=60, first_index=0)], probe_batches=probe)
+    run = RunContext(
+        run_dir=tmp_path, model=model, accelerator=SimpleNamespace(is_main_process=True, num_processes=1),
+        objective=objective, ref_model=ref, tokenizer=None, config={"options": {"grad_accum": 1}}, total_steps=steps,
+    )
+    tracker.on_train_begin(run)
+    layout = discover_layout(model)
+    references = []
+    forwards = []
+    model.register_forward_pre_hook(lambda *_: forwards.append(torch.is_grad_enabled()))
+    for step in range(1, steps + 1):
+        batch = UnlearnBatch(forget=tiny_batch(4, 9, seed=step, first_index=10 * step), retain=tiny_batch(4, 9, seed=100 + step, first_index=200 + step) if retain else None)
+        out = objective(model, batch, ref)
+        out.loss.backward(retain_graph=True)
+        G = [p.grad.detach().clone() for p in layout.params]
+        forwards.clear()
+        tracker.after_backward(run, StepContext(step=step, lr=lr, batch=batch, loss_output=out))
+        new_forwards = sum(forwards)  # forwards with a graph (forward-mode token passes run without one)
+        assert all(torch.equal(p.grad, g) for p, g in zip(layout.params, G))  # p.grad untouched
+        retain_batch = batch.retain if retain else probe[0]
+        grad_u, grad_r = _risk_grad(model, layout, batch.forget), _risk_grad(model, layout, retain_batch)
+        references.append({
+            "G": G, "out": out, "batch": batch, "grad_u": grad_u, "forwards": new_forwards,
+            "e_u": _dot(grad_u, G), "e_r": _dot(grad_r, G),
+        })
+        with torch.no_grad():
+            for p, g in zip(layout.params, G):
+                p.sub_(lr * g)
+            p.grad = None
+        for p in layout.params:
+            p.grad = None
+        del out
+    tracker.on_train_end(run)
+    return read_jsonl(tmp_path / "geffect.jsonl"), references, model, layout
+
+
+def test_ga_uses_the_free_linear_form_and_a_probe(tmp_path):
+    records, refs, _, _ = _drive(tmp_path, "GA", TrackerConfig(tensors=True), retain=False)
+    assert [r["step"] for r in records] == [1, 2]
+    for record, ref in zip(records, refs):
+        assert linear_coefficients(ref["out"], 1.0, 1.0) == (-1.0, 0.0)
+        assert ref["forwards"] == 1  # the retain probe only: e_u came from G alone
+        gg = sum(float((g.double() ** 2).sum()) for g in ref["G"])
+        assert record["e_u"]["total"] == pytest.approx(-gg, rel=1e-10)
+        assert record["e_u"]["total"] == pytest.approx(ref["e_u"], rel=1e-10)
+        assert record["e_r"]["total"] == pytest.approx(ref["e_r"], rel=1e-10)
+        assert sum(record["e_u"]["groups"].values()) == pytest.approx(record["e_u"]["total"], rel=1e-10)
+        assert sum(record["e_u"]["tensors"].values()) == pytest.approx(record["e_u"]["total"], rel=1e-10)
+    expected = -1e-3 * (records[0]["e_u"]["total"] + records[1]["e_u"]["total"])
+    assert records[1]["predicted_change"]["e_u"] == pytest.approx(expected)
+    assert (tmp_path / "geffect_layout.json").exists()
+
+
+def test_graddiff_linear_form_matches_direct_gradients(tmp_path):
+    records, refs, _, _ = _drive(tmp_path, "GradDiff", TrackerConfig())
+    for record, ref in zip(records, refs):
+        assert linear_coefficients(ref["out"], 1.0, 1.0) == (-1.0, 1.0)
+        assert ref["forwards"] == 0
+        assert record["e_u"]["total"] == pytest.approx(ref["e_u"], rel=1e-9)
+        assert record["e_r"]["total"] == pytest.approx(ref["e_r"], rel=1e-10)
+
+
+def test_npo_kl_with_instances_reuses_the_step_graph(tmp_path):
+    records, refs, _, _ = _drive(tmp_path, "NPO+KL", TrackerConfig(instances=True, tokens=True))
+    for record, ref in zip(records, refs):
+        assert linear_coefficients(ref["out"], 1.0, 1.0) is None
+        assert ref["forwards"] == 0  # both risks reused from the step's graph
+        assert record["e_u"]["total"] == pytest.approx(ref["e_u"], rel=1e-10)
+        assert record["e_r"]["total"] == pytest.approx(ref["e_r"], rel=1e-10)
+        ids = [str(int(i)) for i in ref["batch"].forget["index"]]
+        assert sorted(record["items_u"]) == sorted(ids)
+        assert sum(record["items_u"].values()) == pytest.approx(ref["e_u"], rel=1e-10)
+        assert sum(record["items_r"].values()) == pytest.approx(ref["e_r"], rel=1e-10)
+        for item, tokens in record["tokens_u"].items():
+            assert sum(tokens) == pytest.approx(record["items_u"][item], rel=1e-8, abs=1e-12)
+        weights = record["weights"]["item"]
+        expected = ref["out"].item_weights.tolist()
+        assert [weights[i] for i in ids] == pytest.approx(expected)
+
+
+def test_ema_estimator_smooths_gradients_like_the_paper(tmp_path):
+    records, refs, model, layout = _drive(tmp_path, "NPO", TrackerConfig(estimator="ema"), steps=2)
+    # By hand: ema_1 = g_1, ema_2 = 0.6 g_1 + 0.4 g_2, for the risk gradient and for G alike.
+    first = [0.6 * a + 0.4 * b for a, b in zip(refs[0]["grad_u"], refs[1]["grad_u"])]
+    second = [0.6 * a + 0.4 * b for a, b in zip(refs[0]["G"], refs[1]["G"])]
+    assert records[0]["ema"]["e_u"]["total"] == pytest.approx(refs[0]["e_u"], rel=1e-5)
+    assert records[1]["ema"]["e_u"]["total"] == pytest.approx(_dot(first, second), rel=1e-5)
+    assert records[1]["e_u"]["total"] == pytest.approx(refs[1]["e_u"], rel=1e-10)
+    assert abs(_dot(first, second) - refs[1]["e_u"]) > 1e-3 * abs(refs[1]["e_u"])  # smoothing changed it
+
+
+def test_full_estimator_and_every(tmp_path):
+    records, refs, _, _ = _drive(tmp_path, "WGA", TrackerConfig(estimator="full", every=2, instances=True), steps=2)
+    assert [r["step"] for r in records] == [2]
+    assert len(records[0]["items_u"]) == 4 and len(records[0]["items_r"]) == 3
+    assert sum(records[0]["items_u"].values()) == pytest.approx(records[0]["e_u"]["total"], rel=1e-10)
+    assert records[0]["n_tokens_u"] == total_tokens([tiny_batch(4, 9, seed=60)])
+
+
+def test_cli_arguments_build_the_tracker():
+    parser = argparse.ArgumentParser()
+    add_tracking_arguments(parser)
+    assert tracker_from_args(parser.parse_args([])) is None
+    args = parser.parse_args(["--track-geffect", "--geffect-every", "5", "--geffect-estimator", "ema", "--geffect-instances", "--geffect-probe-size", "8"])
+    tracker = tracker_from_args(args)
+    assert tracker.config == TrackerConfig(every=5, estimator="ema", instances=True, probe_size=8)
+    with pytest.raises(Exception):
+        TrackerConfig(every=0).validate()
