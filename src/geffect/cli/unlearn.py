@@ -7,11 +7,17 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from pathlib import Path
 from typing import Sequence
 
+from geffect.effects.tracker import add_tracking_arguments, tracker_from_args
 from geffect.errors import UsageError
 from geffect.training.config import MIXED_PRECISION, UnlearnConfig
+
+# config.yaml section holding the G-effect tracking options (argparse names), so a run can be rerun as it was.
+TRACKING_SECTION = "geffect_tracking"
 
 HELP = "unlearn a forget split with an objective (GA, NPO, SimNPO, WGA, TNPO, ...); writes RUN/model and RUN/log.jsonl"
 
@@ -62,7 +68,7 @@ def build_unlearn_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     train.add_argument("--mixed-precision", default=d.mixed_precision, help=f"{', '.join(MIXED_PRECISION)} (default auto: bf16 on a GPU)")
     train.add_argument("--dtype", default=None, help="dtype the weights are loaded in (float32, bfloat16, ...; default float32)")
 
-    # Hook for the G-effect tracker: its options are added here by `geffect.effects` (see build_callbacks).
+    add_tracking_arguments(parser)  # --track-geffect and its options (docs/geffect-format.md)
     return parser
 
 
@@ -118,15 +124,76 @@ def config_from_args(args: argparse.Namespace) -> UnlearnConfig:
     )
 
 
+def tracking_options(args: argparse.Namespace) -> dict | None:
+    """The G-effect tracking options as recorded in config.yaml (argparse names); None without --track-geffect."""
+    if not getattr(args, "track_geffect", False):
+        return None
+    defaults = argparse.ArgumentParser(add_help=False)
+    add_tracking_arguments(defaults)
+    return {name: getattr(args, name, value) for name, value in vars(defaults.parse_args([])).items()}
+
+
+class RecordTracking:
+    """Adds the tracking options to the run's config.yaml (the loop writes it before any callback starts)."""
+
+    retain_graph = False
+
+    def __init__(self, options: dict):
+        self.options = options
+
+    def on_train_begin(self, run) -> None:
+        import yaml
+
+        from geffect.io import atomic_write_text
+        from geffect.training.unlearn import CONFIG_FILE
+
+        run.config[TRACKING_SECTION] = dict(self.options)
+        if getattr(run.accelerator, "is_main_process", True):
+            atomic_write_text(Path(run.run_dir) / CONFIG_FILE, yaml.safe_dump(run.config, sort_keys=False))
+
+    def after_backward(self, run, step) -> None:
+        pass
+
+    def on_train_end(self, run) -> None:
+        pass
+
+
 def build_callbacks(args: argparse.Namespace) -> list:
-    """Step callbacks requested on the command line. HOOK: the G-effect tracker is built here from its options."""
-    return []
+    """Step callbacks requested on the command line: the G-effect tracker (with --track-geffect)."""
+    tracker = tracker_from_args(args)
+    if tracker is None:
+        return []
+    return [RecordTracking(tracking_options(args)), tracker]
+
+
+def check_tracking_resumable(args: argparse.Namespace) -> None:
+    """--resume must track as the interrupted run did, or RUN/geffect.jsonl would mix two settings."""
+    import yaml
+
+    from geffect.training.unlearn import CONFIG_FILE, SUMMARY_FILE
+
+    run_dir = Path(args.out)
+    if not args.resume or not (run_dir / CONFIG_FILE).exists() or (run_dir / SUMMARY_FILE).exists():
+        return  # nothing to continue, or unlearn() reports why not
+    saved = (yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8")) or {}).get(TRACKING_SECTION)
+    new = tracking_options(args)
+    if saved != new:
+        if saved is None or new is None:
+            change = "the run had no G-effect tracking" if saved is None else "the run had --track-geffect"
+        else:
+            change = "changed: " + ", ".join(f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(saved) | set(new)) if saved.get(k) != new.get(k))
+        raise UsageError(f"--resume needs the G-effect tracking options of the interrupted run; {change}")
+    if new is not None and new.get("geffect_estimator") == "ema":
+        logging.getLogger(__name__).warning(
+            "the EMA estimator's smoothed gradients are not checkpointed: after --resume the 'ema' values restart from the resumed step"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
     from geffect.training.unlearn import TrainingDiverged, unlearn
 
     config = config_from_args(args)
+    check_tracking_resumable(args)
     try:
         result = unlearn(config, callbacks=build_callbacks(args))
     except TrainingDiverged as err:
