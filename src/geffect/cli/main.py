@@ -11,7 +11,7 @@ from geffect import __version__
 from geffect.errors import UsageError
 
 # Each module registers its own sub-command(s).
-COMMAND_MODULES = ("data", "finetune", "unlearn", "eval", "effects")
+COMMAND_MODULES = ("data", "finetune", "unlearn", "eval", "effects", "plot", "study", "demo")
 
 
 class _OneLineParser(argparse.ArgumentParser):

@@ -1,0 +1,102 @@
+"""Comparison figures across the runs of a study, read back from the study folder.
+
+- forget quality against model utility (one point per row of results.csv; the retain model is the ideal);
+- e_u and e_r of every run against step (from each run's geffect.jsonl).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from geffect.reports.geffect_plots import EFFECT_LABEL, EFFECT_UNIT, STEP_LABEL, _save, _series, _zero_line, use_agg
+from geffect.reports.runfiles import EFFECT_KEYS, effect_total, read_run
+from geffect.reports.tables import RESULTS_CSV, read_manifest, read_results_csv
+
+def run_colour(cmap, index: int):
+    """Distinct colours for up to 20 runs: the 10 dark tab20 shades first, then the 10 light ones."""
+    return cmap((2 * index) % 20 + (2 * index // 20) % 2)
+
+
+def point_label(row: dict) -> str:
+    """Short label: the method and its configured hyper-parameters; target/retain rows by role and split."""
+    if row["kind"] != "run":
+        return f"{row['kind']} ({row['forget_split']})"
+    params = json.loads(row["params"]) if row.get("params") else {}
+    settings = ", ".join(f"{k}={v:g}" for k, v in params.items())
+    return row["method"] + (f" ({settings})" if settings else "")
+
+
+KIND_STYLE = {"target": ("s", "black"), "retain": ("*", "tab:green")}
+FQ_FLOOR = 1e-300  # log axis: a p-value of exactly 0 is drawn at the floor
+
+
+def plot_quality_vs_utility(rows: list[dict], path: Path, title: str = "") -> Path | None:
+    points = [r for r in rows if math.isfinite(r["model_utility"]) and math.isfinite(r["forget_quality"])]
+    if not points:
+        return None
+    plt = use_agg()
+    fig, ax = plt.subplots(figsize=(7, 5), layout="constrained")
+    cmap = plt.get_cmap("tab20")
+    methods = sorted({r["method"] for r in points if r["kind"] == "run"})
+    for row in points:
+        y = max(row["forget_quality"], FQ_FLOOR)
+        if row["kind"] in KIND_STYLE:
+            marker, colour = KIND_STYLE[row["kind"]]
+            ax.scatter(row["model_utility"], y, marker=marker, s=90, color=colour, zorder=3)
+        else:
+            marker, colour = "o", run_colour(cmap, methods.index(row["method"]))
+            ax.scatter(row["model_utility"], y, marker=marker, s=40, color=colour, zorder=3)
+        label = point_label(row)
+        ax.annotate(label, (row["model_utility"], y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.set_yscale("log")
+    ax.set(
+        xlabel="model utility (harmonic mean of 9 TOFU scores, higher is better)",
+        ylabel="forget quality (KS-test p-value, log scale, higher is better)",
+        title=title or "Forget quality against model utility",
+    )
+    ax.grid(True, which="major", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_effects_all_runs(study_dir: Path, path: Path) -> Path | None:
+    """e_u and e_r of every unlearning run against step, symmetric-log y axis (methods differ by decades)."""
+    runs = [read_run(study_dir / e.run_dir) for e in read_manifest(study_dir) if e.kind == "run" and e.run_dir and (study_dir / e.run_dir).is_dir()]
+    runs = [run for run in runs if run.geffect]
+    if not runs:
+        return None
+    plt = use_agg()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharex=True, layout="constrained")
+    cmap = plt.get_cmap("tab20")
+    for ax, key in zip(axes, EFFECT_KEYS):
+        magnitudes = []
+        for index, run in enumerate(runs):
+            steps, values = _series(run.geffect, lambda r, k=key: effect_total(r, k))
+            magnitudes.extend(np.abs(values[np.isfinite(values)]))
+            ax.plot(steps, values, color=run_colour(cmap, index), linestyle=("-", "--", ":")[index // 20 % 3], label=run.name, linewidth=1.2)
+        positive = [m for m in magnitudes if m > 0]
+        # linear within the smallest decade that matters, logarithmic beyond it
+        ax.set_yscale("symlog", linthresh=float(np.percentile(positive, 10)) if positive else 1.0)
+        _zero_line(ax)
+        ax.set(xlabel=STEP_LABEL, ylabel=f"{EFFECT_UNIT}, symmetric log scale", title=EFFECT_LABEL[key])
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle("G-effects of all methods per step")
+    return _save(fig, path)
+
+
+def write_comparison_figures(study_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
+    study_dir = Path(study_dir)
+    out = Path(out_dir) if out_dir is not None else study_dir / "figures"
+    written = {}
+    results = study_dir / RESULTS_CSV
+    if results.exists():
+        figure = plot_quality_vs_utility(read_results_csv(results), out / "quality_vs_utility.png")
+        if figure is not None:
+            written["quality_vs_utility"] = figure
+    figure = plot_effects_all_runs(study_dir, out / "effects_all_runs.png")
+    if figure is not None:
+        written["effects_all_runs"] = figure
+    return written

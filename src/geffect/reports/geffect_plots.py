@@ -1,0 +1,262 @@
+"""The G-effect figures of one unlearning run, drawn from `RUN/geffect.jsonl` and `RUN/log.jsonl`.
+
+Sign convention (DESIGN section 3): e(D) = ∇R(D)ᵀ∇L_u, so e_u < 0 removes knowledge and e_r ≥ 0 keeps the
+retained data; a step of size η changes the risk by about -η·e. The G-effect is a product of two gradients
+of losses measured in nats, hence its unit nat² per (parameter unit)²; the figures write "nat²" for short.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from geffect.reports.runfiles import (
+    EFFECT_KEYS,
+    GROUPS,
+    RunFiles,
+    as_float,
+    effect_total,
+    ema_total,
+    item_contributions,
+    item_weights,
+    predicted_change,
+    read_run,
+    side_risk,
+)
+
+EFFECT_LABEL = {"e_u": "unlearning G-effect e_u (forget set)", "e_r": "retaining G-effect e_r (retain set)"}
+EFFECT_UNIT = "G-effect (nat²)"
+STEP_LABEL = "optimizer step"
+WEIGHT_BINS = 5
+
+
+def use_agg():
+    """matplotlib with the non-interactive Agg backend (no display on servers and in tests)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _series(records: list[dict], getter: Callable[[dict], float]) -> tuple[np.ndarray, np.ndarray]:
+    steps = np.array([as_float(r.get("step")) for r in records], dtype=float)
+    values = np.array([getter(r) for r in records], dtype=float)
+    return steps, values
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    tmp.replace(path)  # atomic: a reader never sees half a PNG
+    use_agg().close(fig)
+    return path
+
+
+def _zero_line(ax) -> None:
+    """A dotted y = 0 line (the sign of a G-effect is what matters) and whole-number steps on the x axis."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.axhline(0.0, color="0.5", linewidth=0.8, linestyle=":")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def plot_totals(run: RunFiles, path: Path) -> Path | None:
+    """e_u and e_r against step, one panel each (their scales differ by orders of magnitude)."""
+    if not run.geffect:
+        return None
+    plt = use_agg()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True, layout="constrained")
+    for ax, key in zip(axes, EFFECT_KEYS):
+        steps, values = _series(run.geffect, lambda r, k=key: effect_total(r, k))
+        ax.plot(steps, values, marker=".", label=f"{key} (estimator: {run.geffect[-1].get('estimator', 'batch')})")
+        steps_ema, ema = _series(run.geffect, lambda r, k=key: ema_total(r, k))
+        if np.isfinite(ema).any():
+            ax.plot(steps_ema, ema, linestyle="--", label=f"{key}, EMA of gradients (paper)")
+        _zero_line(ax)
+        ax.set(xlabel=STEP_LABEL, ylabel=EFFECT_UNIT, title=EFFECT_LABEL[key])
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{run.name}: G-effects per step")
+    return _save(fig, path)
+
+
+def plot_groups(run: RunFiles, path: Path) -> Path | None:
+    """Per parameter group (embed, shallow, middle, deep, lm_head, other) against step."""
+    if not run.geffect or not any(isinstance(r.get("e_u"), dict) and r["e_u"].get("groups") for r in run.geffect):
+        return None
+    plt = use_agg()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True, layout="constrained")
+    for ax, key in zip(axes, EFFECT_KEYS):
+        for group in GROUPS:
+            steps, values = _series(run.geffect, lambda r, k=key, g=group: as_float(((r.get(k) or {}).get("groups") or {}).get(g)))
+            if np.isfinite(values).any():
+                ax.plot(steps, values, label=group)
+        _zero_line(ax)
+        ax.set(xlabel=STEP_LABEL, ylabel=EFFECT_UNIT, title=f"{key} per parameter group")
+        ax.legend(fontsize=8, ncol=2)
+    fig.suptitle(f"{run.name}: G-effects per group (shallow/middle/deep = thirds of the decoder layers)")
+    return _save(fig, path)
+
+
+def _layer_matrix(records: list[dict], key: str) -> np.ndarray | None:
+    rows = [((r.get(key) or {}).get("layers") or []) for r in records]
+    width = max((len(row) for row in rows), default=0)
+    if width == 0:
+        return None
+    matrix = np.full((width, len(rows)), np.nan)
+    for column, row in enumerate(rows):
+        matrix[: len(row), column] = [as_float(v) for v in row]
+    return matrix
+
+
+def plot_layer_heatmap(run: RunFiles, path: Path) -> Path | None:
+    """Decoder layers x measured steps, coloured by the layer's G-effect (diverging map centred on 0)."""
+    from matplotlib.colors import TwoSlopeNorm
+
+    matrices = {key: _layer_matrix(run.geffect, key) for key in EFFECT_KEYS}
+    if all(m is None for m in matrices.values()):
+        return None
+    plt = use_agg()
+    steps = [int(as_float(r.get("step"))) if math.isfinite(as_float(r.get("step"))) else i for i, r in enumerate(run.geffect)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    for ax, key in zip(axes, EFFECT_KEYS):
+        matrix = matrices[key]
+        if matrix is None or not np.isfinite(matrix).any():
+            ax.set_axis_off()
+            continue
+        bound = float(np.nanmax(np.abs(matrix))) or 1.0
+        image = ax.imshow(
+            matrix, aspect="auto", origin="lower", cmap="RdBu_r", interpolation="nearest",
+            norm=TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound),
+            extent=(-0.5, len(steps) - 0.5, -0.5, matrix.shape[0] - 0.5),
+        )
+        ticks = np.linspace(0, len(steps) - 1, num=min(len(steps), 8)).round().astype(int)
+        ax.set_xticks(ticks, [str(steps[t]) for t in ticks])
+        ax.set_yticks(range(matrix.shape[0]))
+        ax.set(xlabel=STEP_LABEL, ylabel="decoder layer index", title=f"{key} per decoder layer")
+        fig.colorbar(image, ax=ax, label=EFFECT_UNIT)
+    fig.suptitle(f"{run.name}: G-effects per layer and step")
+    return _save(fig, path)
+
+
+def instance_points(records: list[dict], side: str) -> list[tuple[float, str, float, float]]:
+    """(step, item id, contribution c_i, objective weight or NaN) for every logged item of `side`."""
+    points = []
+    for record in records:
+        step = as_float(record.get("step"))
+        weights = item_weights(record) if side == "u" else {}
+        for item, value in item_contributions(record, side).items():
+            points.append((step, item, value, weights.get(item, math.nan)))
+    return points
+
+
+def weight_bins(weights: np.ndarray, count: int = WEIGHT_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """(bin index per finite weight, bin edges): equal-width bins between the smallest and largest weight."""
+    low, high = float(np.nanmin(weights)), float(np.nanmax(weights))
+    edges = np.linspace(low, high, count + 1) if high > low else np.array([low, low])
+    index = np.clip(np.searchsorted(edges, weights, side="right") - 1, 0, max(len(edges) - 2, 0))
+    return index, edges
+
+
+def plot_instances(run: RunFiles, path: Path) -> Path | None:
+    """Per-item G-effects (instance level): forget items' shares of e_u coloured by the objective's weight
+    bin, and retain items' shares of e_r, one point per (item, measured step)."""
+    forget, retain = instance_points(run.geffect, "u"), instance_points(run.geffect, "r")
+    if not forget and not retain:
+        return None
+    plt = use_agg()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    ax = axes[0]
+    if forget:
+        steps, values, weights = (np.array([p[i] for p in forget], dtype=float) for i in (0, 2, 3))
+        finite = np.isfinite(weights)
+        if finite.any():
+            bins, edges = weight_bins(weights[finite])
+            colours = plt.get_cmap("viridis")(np.linspace(0, 1, max(len(edges) - 1, 1)))
+            for b, colour in enumerate(colours):
+                mask = bins == b
+                if mask.any():
+                    ax.scatter(steps[finite][mask], values[finite][mask], s=8, color=colour, alpha=0.7,
+                               label=f"weight in [{edges[b]:.3g}, {edges[min(b + 1, len(edges) - 1)]:.3g}]")
+            ax.legend(fontsize=7, title="objective weight of the item", title_fontsize=8)
+        if (~finite).any():
+            ax.scatter(steps[~finite], values[~finite], s=8, color="tab:blue", alpha=0.6, label="forget item (unweighted objective)")
+            ax.legend(fontsize=7)
+    _zero_line(ax)
+    ax.set(xlabel=STEP_LABEL, ylabel="item's share of e_u (nat²)", title="forget items: unlearning PG-effects")
+    ax = axes[1]
+    if retain:
+        ax.scatter([p[0] for p in retain], [p[2] for p in retain], s=8, color="tab:orange", alpha=0.6, label="retain item")
+        ax.legend(fontsize=7)
+    _zero_line(ax)
+    ax.set(xlabel=STEP_LABEL, ylabel="item's share of e_r (nat²)", title="retain items: retaining PG-effects")
+    fig.suptitle(f"{run.name}: instance-wise G-effects (each set's items sum to its G-effect)")
+    return _save(fig, path)
+
+
+def measured_risk_change(run: RunFiles, side: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """Measured change of a risk since the first measured step, against the step it was reached after.
+
+    A risk logged at step t is measured before step t's update, i.e. after step t-1. The risks of
+    geffect.jsonl are those of the sets the G-effects were measured on (whole sets for the `full` estimator;
+    the step's batches otherwise, so the change mixes the update with batch-to-batch noise); log.jsonl's
+    per-step batch risks are the fallback. Returns (steps, change, description).
+    """
+    log_key = {"u": "forget_risk", "r": "retain_risk"}[side]
+    estimator = run.geffect[-1].get("estimator", "batch") if run.geffect else "batch"
+    sources = ((run.geffect, lambda r: side_risk(r, side), f"measured on the {estimator} estimator's sets"),
+               (run.log, lambda r: as_float(r.get(log_key)), "measured on each step's batch"))
+    for records, getter, what in sources:
+        steps, values = _series(records, getter)
+        finite = np.isfinite(values) & np.isfinite(steps)
+        if finite.sum() >= 2:
+            steps, values = steps[finite], values[finite]
+            return steps - 1, values - values[0], what
+    return np.array([]), np.array([]), ""
+
+
+def plot_predicted_vs_measured(run: RunFiles, path: Path) -> Path | None:
+    """Cumulative first-order prediction -Σ η_t e_t against the measured change of the forget and retain risks."""
+    sides = (("u", "forget set risk R(D_u)"), ("r", "retain set risk R(D_r)"))
+    if not run.geffect or not any(np.isfinite(_series(run.geffect, lambda r, s=s: predicted_change(r, s))[1]).any() for s, _ in sides):
+        return None
+    plt = use_agg()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True, layout="constrained")
+    for ax, (side, title) in zip(axes, sides):
+        steps, values = _series(run.geffect, lambda r, s=side: predicted_change(r, s))
+        start = steps[0] - 1 if len(steps) else 0.0
+        ax.plot(np.r_[start, steps], np.r_[0.0, values], marker=".", label="predicted: -Σ η·e (first order)")
+        m_steps, m_values, what = measured_risk_change(run, side)
+        if len(m_steps):
+            ax.plot(m_steps, m_values, linestyle="--", label=f"measured change ({what})")
+        _zero_line(ax)
+        ax.set(xlabel=f"after {STEP_LABEL}", ylabel="change of mean token NLL (nats)", title=title)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{run.name}: predicted vs measured risk change")
+    return _save(fig, path)
+
+
+FIGURES: dict[str, Callable[[RunFiles, Path], Path | None]] = {
+    "effects_vs_step": plot_totals,
+    "groups_vs_step": plot_groups,
+    "layer_heatmap": plot_layer_heatmap,
+    "instances": plot_instances,
+    "predicted_vs_measured": plot_predicted_vs_measured,
+}
+
+
+def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
+    """Write every figure the run's logs allow to `out_dir` (default RUN/figures); returns name -> PNG path."""
+    run = read_run(run_dir)
+    out = Path(out_dir) if out_dir is not None else run.path / "figures"
+    written = {}
+    for name, draw in FIGURES.items():
+        result = draw(run, out / f"{name}.png")
+        if result is not None:
+            written[name] = result
+    return written

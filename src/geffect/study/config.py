@@ -1,0 +1,334 @@
+"""The study configuration (YAML): schema, shorthands, validation and path resolution.
+
+A study = a benchmark, a target model, a reference (retain model or its evaluation log) per forget split,
+and a list of methods, each with fixed hyper-parameters and a grid. Every forget split x method x grid
+point x seed is one unlearning run. See examples/*.yaml for annotated configurations.
+
+Relative paths in a configuration file are relative to the file's folder. A string is a local path when it
+starts with `.`, `/` or `~` or names something that exists; otherwise it is a Hugging Face hub id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from geffect.data.tofu import FORGET_SPLITS, RETAIN_FOR_FORGET
+from geffect.errors import UsageError
+from geffect.study.schema import build, fail
+
+TINY = "tiny"
+ESTIMATORS = ("batch", "ema", "full")
+
+
+@dataclass
+class BuiltinBenchmark:
+    authors: int = 100
+    seed: int = 0
+
+
+@dataclass
+class BenchmarkSection:
+    """Exactly one of `builtin` (generated into the study folder) or `source` (TOFU folder or hub id)."""
+
+    builtin: BuiltinBenchmark | None = None
+    source: str | None = None
+
+
+@dataclass
+class FinetuneSection:
+    """Options of `geffect.finetune.finetune` for the models the study trains itself (None: its defaults)."""
+
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    warmup_ratio: float | None = None
+    weight_decay: float | None = None
+    max_length: int | None = None
+    max_steps: int | None = None
+    seed: int = 0
+    eval_limit: int | None = None  # records in the closing exact-match check; 0 skips it
+    tiny_overrides: dict[str, Any] = field(default_factory=dict)  # architecture of the tiny model (tests)
+
+
+@dataclass
+class ModelSection:
+    """`base` is what the study fine-tunes from (`tiny` = built from scratch); `target` is the model to unlearn
+    (None: fine-tune `base` on `full`); per forget split, the reference is `retain_logs[split]` (an evaluation
+    log file), else the model `retain[split]`, else `base` fine-tuned on the split's retain set."""
+
+    base: str = TINY
+    target: str | None = None
+    retain: dict[str, str] = field(default_factory=dict)
+    retain_logs: dict[str, str] = field(default_factory=dict)
+    dtype: str | None = None  # dtype the weights are loaded in for evaluation and unlearning
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+
+
+@dataclass
+class MethodSection:
+    """One method: `method` is a spec like "NPO" or "NPO+KL"; `params` fixed hyper-parameters (incl. gamma,
+    alpha); `grid` hyper-parameter -> list of values (every combination is a run); `training` overrides of the
+    study's training options for this method; `name` the label in tables (default: the spec)."""
+
+    method: str
+    retain_loss: str | None = None
+    name: str | None = None
+    params: dict[str, float] = field(default_factory=dict)
+    grid: dict[str, list[float]] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainingSection:
+    """Options of every unlearning run (geffect.training.UnlearnConfig); batch_size is per process and micro-step."""
+
+    epochs: int = 5
+    lr: float = 1e-5
+    batch_size: int = 4
+    grad_accum: int = 4
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = None
+    max_steps: int | None = None
+    max_length: int = 512
+    kl_mask: str = "answer"
+    lora_r: int = 0
+    lora_alpha: float | None = None
+    mixed_precision: str = "auto"
+    save_every: int = 0
+
+
+@dataclass
+class GEffectSection:
+    enabled: bool = True
+    every: int = 1  # measure every K optimizer steps
+    estimator: str = "batch"  # batch | ema | full
+    instances: bool = False  # per-item contributions (the paper's instance-wise figures)
+    probe_size: int | None = None  # retain probe items for the `full` estimator (None: the engine's default)
+
+
+@dataclass
+class EvalSection:
+    ds_size: int | None = None  # legacy TOFU scored the first 300 items of each set; None scores all
+    batch_size: int = 32
+    max_new_tokens: int = 200
+
+
+@dataclass
+class StudyConfig:
+    name: str = "study"
+    benchmark: BenchmarkSection = field(default_factory=lambda: BenchmarkSection(builtin=BuiltinBenchmark()))
+    model: ModelSection = field(default_factory=ModelSection)
+    template: str | None = None  # None: chosen from the model name (phi, llama2, plain)
+    methods: list[MethodSection] = field(default_factory=list)
+    forget_splits: list[str] = field(default_factory=lambda: ["forget10"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    training: TrainingSection = field(default_factory=TrainingSection)
+    geffect: GEffectSection = field(default_factory=GEffectSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+# --- loading -------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    """Read, validate and resolve a study YAML file (UsageError naming the key path on bad input)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"study configuration {path} does not exist; pass a YAML file such as examples/builtin-cpu.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UsageError(f"{path} is not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+    return parse_config(data, base_dir=path.parent)
+
+
+def parse_config(data: Any, base_dir: str | Path = ".") -> StudyConfig:
+    if not isinstance(data, dict):
+        raise fail("", "a study configuration is a mapping with keys such as benchmark, model, methods")
+    data = _expand_shorthands(data)
+    config = build(StudyConfig, data)
+    validate(config)
+    return resolve_paths(config, Path(base_dir))
+
+
+def _expand_shorthands(data: dict) -> dict:
+    """`benchmark: builtin` / `benchmark: locuslab/TOFU`, `model: tiny` / `model: HUB_ID`, `methods: [GA, ...]`."""
+    data = dict(data)
+    benchmark = data.get("benchmark")
+    if isinstance(benchmark, str):
+        data["benchmark"] = {"builtin": {}} if benchmark == "builtin" else {"source": benchmark}
+    elif isinstance(benchmark, dict) and benchmark.get("builtin") is True:
+        data["benchmark"] = {**benchmark, "builtin": {}}
+    if isinstance(data.get("model"), str):
+        data["model"] = {"base": data["model"]} if data["model"] == TINY else {"target": data["model"]}
+    if isinstance(data.get("methods"), list):
+        data["methods"] = [{"method": m} if isinstance(m, str) else m for m in data["methods"]]
+    return data
+
+
+# --- validation ------------------------------------------------------------------------------------------
+
+
+def validate(config: StudyConfig) -> None:
+    """Checks that need more than types; each UsageError names the key path."""
+    bench = config.benchmark
+    if (bench.builtin is None) == (bench.source is None):
+        raise fail("benchmark", "give exactly one of builtin (e.g. {authors: 100, seed: 0}) or source (a TOFU folder or hub id)")
+    if bench.builtin is not None and bench.builtin.authors < 10:
+        raise fail("benchmark.builtin.authors", f"needs at least 10 authors (forget01 is 1% of them), got {bench.builtin.authors}")
+    _check_list("forget_splits", config.forget_splits, FORGET_SPLITS)
+    if not config.seeds:
+        raise fail("seeds", "give at least one seed")
+    if len(set(config.seeds)) != len(config.seeds):
+        raise fail("seeds", "seeds repeat")
+    if not config.methods:
+        raise fail("methods", "give at least one method, e.g. [GA, NPO+KL]")
+    for key in ("retain", "retain_logs"):
+        for split in getattr(config.model, key):
+            if split not in config.forget_splits:
+                raise fail(f"model.{key}.{split}", f"not one of the study's forget_splits ({', '.join(config.forget_splits)})")
+    if config.template is not None:
+        from geffect.data.templates import get_template
+
+        _reraise("template", get_template, config.template)
+    if config.model.dtype is not None:
+        from geffect.models.loading import resolve_dtype
+
+        _reraise("model.dtype", resolve_dtype, config.model.dtype)
+    _check_geffect(config.geffect)
+    _check_eval(config.eval)
+    for index, method in enumerate(config.methods):
+        _check_method(method, f"methods[{index}]")
+        _training_options(config.training, method.training, f"methods[{index}].training")
+
+
+def _check_list(path: str, values: list[str], allowed: tuple[str, ...]) -> None:
+    if not values:
+        raise fail(path, f"give at least one of {', '.join(allowed)}")
+    for index, value in enumerate(values):
+        if value not in allowed:
+            raise fail(f"{path}[{index}]", f"unknown value {value!r}; choose one of {', '.join(allowed)}")
+    if len(set(values)) != len(values):
+        raise fail(path, "values repeat")
+
+
+def _reraise(path: str, check, *args):
+    try:
+        return check(*args)
+    except UsageError as err:
+        raise fail(path, str(err)) from None
+
+
+def _check_geffect(section: GEffectSection) -> None:
+    if section.every < 1:
+        raise fail("geffect.every", f"must be >= 1, got {section.every}")
+    if section.estimator not in ESTIMATORS:
+        raise fail("geffect.estimator", f"unknown estimator {section.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    if section.probe_size is not None and section.probe_size < 1:
+        raise fail("geffect.probe_size", f"must be >= 1, got {section.probe_size}")
+
+
+def _check_eval(section: EvalSection) -> None:
+    for name in ("batch_size", "max_new_tokens"):
+        if getattr(section, name) < 1:
+            raise fail(f"eval.{name}", f"must be >= 1, got {getattr(section, name)}")
+    if section.ds_size is not None and section.ds_size < 1:
+        raise fail("eval.ds_size", f"must be >= 1 (or null for every item), got {section.ds_size}")
+
+
+def method_spec(method: MethodSection, path: str) -> tuple[str, str | None]:
+    """(method name, retain loss or None) of a method entry, from "NPO+KL" or `method` + `retain_loss`."""
+    from geffect.objectives import parse_method_spec
+
+    name, retain = _reraise(f"{path}.method", parse_method_spec, method.method)
+    if method.retain_loss is not None:
+        if retain is not None:
+            raise fail(f"{path}.retain_loss", f"given twice: in method {method.method!r} and as retain_loss; keep one")
+        _, retain = _reraise(f"{path}.retain_loss", parse_method_spec, f"{name}+{method.retain_loss}")
+    return name, retain
+
+
+def hyperparameter_names(method: str, retain: str | None) -> set[str]:
+    """gamma, alpha and the method's and its retain loss's hyper-parameters."""
+    from geffect.objectives.registry import get_method, get_retain_loss
+
+    entry = get_method(method)
+    loss = get_retain_loss(retain if retain is not None else entry.default_retain)
+    return {"gamma", "alpha", *entry.hparams, *loss.hparams}
+
+
+def _check_method(method: MethodSection, path: str) -> None:
+    name, retain = method_spec(method, path)
+    known = hyperparameter_names(name, retain)
+    for key in ("params", "grid"):
+        for hparam in getattr(method, key):
+            if hparam not in known:
+                raise fail(f"{path}.{key}.{hparam}", f"unknown hyper-parameter of {method.method}; known: {', '.join(sorted(known))}")
+    for hparam, values in method.grid.items():
+        if not values:
+            raise fail(f"{path}.grid.{hparam}", "a grid needs at least one value")
+        if len(set(values)) != len(values):
+            raise fail(f"{path}.grid.{hparam}", "grid values repeat")
+        if hparam in method.params:
+            raise fail(f"{path}.grid.{hparam}", "also fixed in params; keep one")
+    if method.name is not None and not method.name.strip():
+        raise fail(f"{path}.name", "must not be empty")
+
+
+def _training_options(base: TrainingSection, overrides: dict[str, Any], path: str) -> dict[str, Any]:
+    """The study's training options with a method's overrides applied, type-checked (key path in errors)."""
+    checked = build(TrainingSection, overrides, path)
+    options = dataclasses.asdict(base)
+    options.update({key: getattr(checked, key) for key in overrides})
+    return options
+
+
+def training_options(config: StudyConfig, method_index: int) -> dict[str, Any]:
+    return _training_options(config.training, config.methods[method_index].training, f"methods[{method_index}].training")
+
+
+# --- paths -----------------------------------------------------------------------------------------------
+
+
+def is_local_path(value: str, base_dir: Path) -> bool:
+    return value.startswith((".", "/", "~")) or (base_dir / value).exists()
+
+
+def resolve(value: str | None, base_dir: Path) -> str | None:
+    """An absolute path for local paths (relative ones against `base_dir`), hub ids and `tiny` unchanged."""
+    if value is None or value == TINY or not is_local_path(value, base_dir):
+        return value
+    return str((base_dir / Path(value).expanduser()).resolve())
+
+
+def resolve_paths(config: StudyConfig, base_dir: Path) -> StudyConfig:
+    model = config.model
+    return dataclasses.replace(
+        config,
+        benchmark=dataclasses.replace(config.benchmark, source=resolve(config.benchmark.source, base_dir)),
+        model=dataclasses.replace(
+            model,
+            base=resolve(model.base, base_dir),
+            target=resolve(model.target, base_dir),
+            retain={split: resolve(value, base_dir) for split, value in model.retain.items()},
+            retain_logs={split: str((base_dir / Path(v).expanduser()).resolve()) for split, v in model.retain_logs.items()},
+        ),
+    )
+
+
+def retain_split(forget_split: str) -> str:
+    return RETAIN_FOR_FORGET[forget_split]

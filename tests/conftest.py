@@ -1,0 +1,58 @@
+"""Session fixtures shared by the test suite: a small built-in benchmark and tiny models fine-tuned on it.
+
+All are built once per test session, deterministically (same seed, same bytes/weights), on CPU, in a few
+seconds each. Tests must not modify the folders they get.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+FIXTURE_AUTHORS = 20  # 400 QA in full; forget10 = the last 2 authors (40 QA), retain90 = the other 360
+FIXTURE_SEED = 0
+# Small enough to train in seconds on two cores, large enough to memorise a good part of 20 authors.
+FIXTURE_MODEL = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2, "num_attention_heads": 4}
+FIXTURE_TRAINING = {"epochs": 8, "lr": 5e-3, "batch_size": 16, "seed": FIXTURE_SEED, "eval_limit": 0}
+
+
+@pytest.fixture(scope="session")
+def tiny_benchmark(tmp_path_factory) -> Path:
+    """Folder of the built-in benchmark with 20 authors (seed 0), written by `geffect.data.synth.write_benchmark`.
+
+    Holds every TOFU split file (full 400 QA, forget01/05/10, retain99/95/90, *_perturbed, holdout*,
+    real_authors*, world_facts*) plus general.json.
+    """
+    from geffect.data.synth import write_benchmark
+
+    folder = tmp_path_factory.mktemp("benchmark") / f"synth{FIXTURE_AUTHORS}"
+    write_benchmark(folder, n_authors=FIXTURE_AUTHORS, seed=FIXTURE_SEED)
+    return folder
+
+
+def _finetuned(data: Path, split: str, tmp_path_factory) -> Path:
+    from geffect.finetune import finetune
+
+    out = tmp_path_factory.mktemp("models") / split
+    finetune(str(data), split, "tiny", out, model_overrides=FIXTURE_MODEL, progress=False, **FIXTURE_TRAINING)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_target_model(tiny_benchmark, tmp_path_factory) -> Path:
+    """save_pretrained folder (safetensors model + tokenizer + finetune.json) of a tiny Llama trained from
+    scratch on split `full` + general.json of `tiny_benchmark` (template `plain`, seed 0).
+
+    Guarantees: loads with AutoModelForCausalLM / AutoTokenizer (or geffect.models.loading); shares its
+    tokenizer byte for byte with `tiny_retain_model`; has learned the data: its last training loss is below
+    a third of its first (checked in tests/test_finetune.py). It is NOT trained to exact-match accuracy.
+    """
+    return _finetuned(tiny_benchmark, "full", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_retain_model(tiny_benchmark, tmp_path_factory) -> Path:
+    """Like `tiny_target_model`, but trained on split `retain90` + general.json: the retain model for
+    forget10 (it has never seen the last 2 authors)."""
+    return _finetuned(tiny_benchmark, "retain90", tmp_path_factory)
