@@ -14,7 +14,7 @@ FIXTURE_AUTHORS = 20  # 400 QA in full; forget10 = the last 2 authors (40 QA), r
 FIXTURE_SEED = 0
 # Small enough to train in seconds on two cores, large enough to memorise a good part of 20 authors.
 FIXTURE_MODEL = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2, "num_attention_heads": 4}
-FIXTURE_TRAINING = {"epochs": 8, "lr": 5e-3, "batch_size": 16, "seed": FIXTURE_SEED, "eval_limit": 0}
+FIXTURE_TRAINING = {"epochs": 16, "lr": 5e-3, "batch_size": 16, "seed": FIXTURE_SEED, "eval_limit": 0}
 
 
 @pytest.fixture(scope="session")
