@@ -230,14 +230,15 @@ def plot_predicted_vs_measured(run: RunFiles, path: Path) -> Path | None:
     for ax, (side, title) in zip(axes, sides):
         steps, values = _series(run.geffect, lambda r, s=side: predicted_change(r, s))
         start = steps[0] - 1 if len(steps) else 0.0
-        ax.plot(np.r_[start, steps], np.r_[0.0, values], marker=".", label="predicted: -Σ η·e (first order)")
+        ax.plot(np.r_[start, steps], np.r_[0.0, values], marker=".", label="predicted: -Σ η·e (first order, plain gradient step)")
         m_steps, m_values, what = measured_risk_change(run, side)
         if len(m_steps):
             ax.plot(m_steps, m_values, linestyle="--", label=f"measured change ({what})")
         _zero_line(ax)
         ax.set(xlabel=f"after {STEP_LABEL}", ylabel="change of mean token NLL (nats)", title=title)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{run.name}: predicted vs measured risk change")
+    fig.suptitle(f"{run.name}: predicted vs measured risk change\n"
+                 "(the prediction assumes plain gradient steps θ' = θ - η∇L; adaptive optimizers such as AdamW step differently)")
     return _save(fig, path)
 
 
