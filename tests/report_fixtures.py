@@ -39,6 +39,7 @@ def write_run(run_dir: Path, seed: int, steps: int = 6, n_items: int = 4, weight
             "step": step, "lr": lr, "estimator": "batch", "e_u": e_u, "e_r": e_r,
             "risk_u": 1.0 + 0.3 * step, "risk_r": 1.0 + 0.01 * step, "n_tokens_u": 40, "n_tokens_r": 40,
             "items_u": items_u, "items_r": items_r,
+            "objective_items": {i: {"e_u": float(-rng.random()), "e_r": float(rng.normal())} for i in ids},
             "predicted_change": {"e_u": predicted_u, "e_r": predicted_r},
             "ema": {"e_u": {"total": e_u["total"] * 0.9}, "e_r": {"total": e_r["total"] * 0.9}},
             "seconds": 0.01,

@@ -28,7 +28,7 @@ def _dot(left, right) -> float:
     return sum(float((a.double() * b.double()).sum()) for a, b in zip(left, right) if a is not None and b is not None)
 
 
-def _drive(tmp_path, method: str, config: TrackerConfig, steps: int = 2, retain: bool = True, lr: float = 1e-3):
+def _drive(tmp_path, method: str, config: TrackerConfig, steps: int = 2, retain: bool = True, lr: float = 1e-3, idk: bool = False):
     """A minimal unlearning loop (SGD) calling the tracker as the trainer does; returns records and references."""
     model = tiny_model("gpt2", True)
     ref = copy.deepcopy(model)
@@ -46,7 +46,11 @@ def _drive(tmp_path, method: str, config: TrackerConfig, steps: int = 2, retain:
     forwards = []
     model.register_forward_pre_hook(lambda *_: forwards.append(torch.is_grad_enabled()))
     for step in range(1, steps + 1):
-        batch = UnlearnBatch(forget=tiny_batch(4, 9, seed=step, first_index=10 * step), retain=tiny_batch(4, 9, seed=100 + step, first_index=200 + step) if retain else None)
+        batch = UnlearnBatch(
+            forget=tiny_batch(4, 9, seed=step, first_index=10 * step),
+            retain=tiny_batch(4, 9, seed=100 + step, first_index=200 + step) if retain else None,
+            forget_idk=tiny_batch(4, 9, seed=300 + step, first_index=10 * step) if idk else None,
+        )
         out = objective(model, batch, ref)
         out.loss.backward(retain_graph=True)
         G = [p.grad.detach().clone() for p in layout.params]
@@ -113,6 +117,86 @@ def test_npo_kl_with_instances_reuses_the_step_graph(tmp_path):
         weights = record["weights"]["item"]
         expected = ref["out"].item_weights.tolist()
         assert [weights[i] for i in ids] == pytest.approx(expected)
+
+
+def _item_references(model, layout, batch: dict, G) -> dict[str, float]:
+    """c_i = grad(sum_t ce_it / N) . G by plain autograd, one item at a time (N: tokens of the whole batch)."""
+    n_total = total_tokens([batch])
+    result = {}
+    for row, item in enumerate(batch["index"].tolist()):
+        single = {k: v[row : row + 1] for k, v in batch.items()}
+        risk, _, _ = risk_terms(model, single, n_total)
+        result[str(item)] = _dot(torch.autograd.grad(risk, layout.params, allow_unused=True), G)
+    return result
+
+
+@pytest.mark.parametrize("method", ["GA", "GradDiff"])
+def test_linear_losses_get_instances_from_the_steps_own_backward(tmp_path, monkeypatch, method):
+    """GA / GradDiff with instances: the forget items' terms come from the output gradients the step's
+    backward left, scaled by 1/coefficient; one ghost backward runs, on the retain side only (GA: a probe,
+    a new forward; GradDiff: the step's retain graph, whose gradient the objective-side split needs)."""
+    from geffect.effects.ghost import GhostRecorder
+
+    calls = []
+    original = GhostRecorder.backward
+    monkeypatch.setattr(GhostRecorder, "backward", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    retain = method != "GA"
+    model_before = tiny_model("gpt2", True)  # the state _drive starts from, for the step-1 references
+    records, refs, _, layout_after = _drive(tmp_path, method, TrackerConfig(instances=True), steps=1, retain=retain)
+    assert len(calls) == 1
+    record, ref = records[0], refs[0]
+    layout = discover_layout(model_before)
+    expected = _item_references(model_before, layout, ref["batch"].forget, ref["G"])
+    assert record["items_u"] == pytest.approx(expected, rel=1e-9, abs=1e-14)
+    assert sum(record["items_u"].values()) == pytest.approx(ref["e_u"], rel=1e-9)
+    assert record["e_u"]["total"] == pytest.approx(ref["e_u"], rel=1e-9)
+    if retain:
+        expected_r = _item_references(model_before, layout, ref["batch"].retain, ref["G"])
+        assert record["items_r"] == pytest.approx(expected_r, rel=1e-9, abs=1e-14)
+    assert record["e_r"]["total"] == pytest.approx(ref["e_r"], rel=1e-9)
+
+
+def _objective_item_gradients(method: str, model, ref_model, layout, forget: dict) -> dict[str, list]:
+    """G_i, the part of the objective's gradient that flows through forget item i, in closed form per method."""
+    n_total = total_tokens([forget])
+    grads = {}
+    for row, item in enumerate(forget["index"].tolist()):
+        single = {k: v[row : row + 1] for k, v in forget.items()}
+        if method == "NPO":  # -(2/beta) mean_i log sigma(...): item i's term is 1/B of the one-item loss
+            objective = build_objective(ObjectiveConfig(method="NPO"))
+            loss = objective(model, UnlearnBatch(forget=single, retain=None), ref_model).loss / forget["labels"].shape[0]
+        else:  # GA, GradDiff: forget loss -R_f = -(sum of all token NLLs) / N
+            loss = -risk_terms(model, single, n_total)[0]
+        grads[str(item)] = list(torch.autograd.grad(loss, layout.params, allow_unused=True))
+    return grads
+
+
+@pytest.mark.parametrize("method", ["GA", "GradDiff", "NPO"])
+def test_objective_split_per_forget_item_matches_per_item_autograd(tmp_path, method):
+    """The paper's instance scatter: every forget item at (grad R_u . G_i, grad R_r . G_i)."""
+    retain = method != "GA"
+    model_before = tiny_model("gpt2", True)
+    ref_model = copy.deepcopy(model_before)
+    records, refs, _, _ = _drive(tmp_path, method, TrackerConfig(instances=True), steps=1, retain=retain)
+    record, ref = records[0], refs[0]
+    layout = discover_layout(model_before)
+    forget = ref["batch"].forget
+    retain_batch = ref["batch"].retain if retain else tiny_batch(3, 8, seed=40, first_index=500)
+    grad_u, grad_r = _risk_grad(model_before, layout, forget), _risk_grad(model_before, layout, retain_batch)
+    item_grads = _objective_item_gradients(method, model_before, ref_model, layout, forget)
+    split = record["objective_items"]
+    assert sorted(split) == sorted(item_grads)
+    for item, g_i in item_grads.items():
+        assert split[item]["e_u"] == pytest.approx(_dot(grad_u, g_i), rel=1e-9, abs=1e-14)
+        assert split[item]["e_r"] == pytest.approx(_dot(grad_r, g_i), rel=1e-9, abs=1e-14)
+    if method != "GradDiff":  # no retain term: the forget items carry all of G
+        assert sum(v["e_u"] for v in split.values()) == pytest.approx(record["e_u"]["total"], rel=1e-9)
+        assert sum(v["e_r"] for v in split.values()) == pytest.approx(record["e_r"]["total"], rel=1e-9)
+
+
+def test_no_objective_split_when_a_refusal_forward_joins_the_graph(tmp_path):
+    records, _, _, _ = _drive(tmp_path, "IdkDPO", TrackerConfig(instances=True), steps=1, idk=True)
+    assert "objective_items" not in records[0] and "items_u" in records[0]
 
 
 def test_ema_estimator_smooths_gradients_like_the_paper(tmp_path):

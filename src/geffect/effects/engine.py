@@ -36,6 +36,7 @@ class SetEffect:
     items: dict[int, float] | None = None  # item id -> c_i
     tokens: dict[int, list[float]] | None = None  # item id -> c_{i,t} over the item's label tokens, in order
     item_tokens: dict[int, int] = field(default_factory=dict)  # item id -> n_i
+    gradient: list[torch.Tensor | None] | None = None  # grad R(D) itself, when asked for (a direction)
 
     @property
     def breakdown(self) -> Breakdown:
@@ -103,8 +104,10 @@ def ghost_effect(
     n_total: int | None = None,
     tokens: bool = False,
     recorder: GhostRecorder | None = None,
+    keep_gradient: bool = False,
 ) -> SetEffect:
-    """e(D) per tensor and per item (ghost dot products), and per token on request (forward mode)."""
+    """e(D) per tensor and per item (ghost dot products), and per token on request (forward mode).
+    `keep_gradient` also returns grad R(D) (`SetEffect.gradient`, one gradient of memory) from the same backwards."""
     n_total = n_total or total_tokens(batches)
     device = _device(model)
     own_recorder = recorder is None
@@ -114,6 +117,7 @@ def ghost_effect(
     token_map: dict[int, list[float]] = {}
     item_tokens: dict[int, int] = {}
     risk_sum = 0.0
+    gradient: list[torch.Tensor | None] | None = None
     try:
         for batch in batches:
             batch = _to_device(batch, device)
@@ -121,8 +125,12 @@ def ghost_effect(
             recorder.clear()
             with torch.enable_grad(), recorder.recording():
                 risk, ce, _ = risk_terms(model, batch, n_total)
-            result = recorder.backward(risk, G, batch_size=len(ids))
+            result = recorder.backward(risk, G, batch_size=len(ids), with_grads=keep_gradient)
             recorder.clear()
+            if keep_gradient:
+                gradient = result.grads if gradient is None else [
+                    a if b is None else b if a is None else a + b for a, b in zip(gradient, result.grads)
+                ]
             item_values = item_contributions(model, layout, batch, G, n_total, result)
             per_tensor += result.per_tensor
             risk_sum += float(risk.detach())
@@ -137,7 +145,7 @@ def ghost_effect(
             recorder.remove()
     return SetEffect(
         per_tensor=per_tensor.cpu(), layout=layout, risk=risk_sum, n_tokens=n_total,
-        items=items, tokens=token_map if tokens else None, item_tokens=item_tokens,
+        items=items, tokens=token_map if tokens else None, item_tokens=item_tokens, gradient=gradient,
     )
 
 

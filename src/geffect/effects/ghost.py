@@ -151,7 +151,9 @@ class _Capture:
     versions: list[tuple[torch.Tensor, int]]
     outputs: list[torch.Tensor]
     is_source: bool
+    forward_id: int = 0
     reached_by_other_backward: bool = False
+    kept_deltas: dict[int, torch.Tensor] = field(default_factory=dict)  # output index -> delta of another backward
 
 
 @dataclass
@@ -161,6 +163,7 @@ class GhostPass:
     per_item: torch.Tensor  # [n_tensors, B] float64
     unitemised: torch.Tensor  # [n_tensors] float64, terms that could not be split per item
     unitemised_tensors: set[int] = field(default_factory=set)
+    grads: list[torch.Tensor | None] | None = None  # the risk's parameter gradient, when asked for
 
     @property
     def per_tensor(self) -> torch.Tensor:
@@ -194,6 +197,11 @@ class GhostRecorder:
         # Parameters no module owns directly through a call we can see: totals come from plain gradients.
         self.unhooked = sorted(set(range(len(layout))) - hooked)
         self._batch_size: int | None = None
+        self._forward_id = 0
+        self._forward_inputs: dict[int, torch.Tensor] = {}
+        # Keep the output gradients that another backward (the training step's own) passes through the hooks,
+        # so that `replay` can turn them into per-item terms without a second backward.
+        self.keep_deltas = False
         self._handles.append(model.register_forward_pre_hook(self._on_root, with_kwargs=True))
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -205,6 +213,7 @@ class GhostRecorder:
 
     def clear(self) -> None:
         self._captures.clear()
+        self._forward_inputs.clear()
 
     def start(self) -> None:
         self._recording = True
@@ -228,7 +237,9 @@ class GhostRecorder:
 
     def drop_stale(self) -> None:
         """Forget captures whose graph another backward already used (a finished micro-batch)."""
+        stale = {c.forward_id for c in self._captures if c.reached_by_other_backward}
         self._captures = [c for c in self._captures if not c.reached_by_other_backward]
+        self._forward_inputs = {k: v for k, v in self._forward_inputs.items() if k not in stale}
 
     @property
     def has_captures(self) -> bool:
@@ -238,6 +249,10 @@ class GhostRecorder:
     def _on_root(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         first = kwargs.get("input_ids", kwargs.get("inputs_embeds", args[0] if args else None))
         self._batch_size = first.shape[0] if isinstance(first, torch.Tensor) and first.dim() > 0 else None
+        if self._recording and torch.is_grad_enabled():
+            self._forward_id += 1
+            if isinstance(first, torch.Tensor):
+                self._forward_inputs[self._forward_id] = first
 
     def _on_forward(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         if not self._recording or not torch.is_grad_enabled():
@@ -261,6 +276,7 @@ class GhostRecorder:
             versions=[(t, t._version) for t in inputs],
             outputs=outputs,
             is_source=not any(t.requires_grad for t in inputs),
+            forward_id=self._forward_id,
         )
         for k, out in enumerate(outputs):
             out.register_hook(functools.partial(self._on_grad, capture, k))
@@ -270,6 +286,8 @@ class GhostRecorder:
     def _on_grad(self, capture: _Capture, output_index: int, delta: torch.Tensor) -> None:
         if self._pass is None:
             capture.reached_by_other_backward = True
+            if self.keep_deltas:
+                capture.kept_deltas[output_index] = delta.detach()
             return
         result, G, batch_size = self._pass
         with torch.no_grad():
@@ -303,12 +321,55 @@ class GhostRecorder:
                 result.unitemised[index] += values.sum()
                 result.unitemised_tensors.add(index)
 
+    @property
+    def forward_ids(self) -> list[int]:
+        """Ids of the recorded forwards whose captures are still held."""
+        return sorted(self._forward_inputs)
+
+    def forwards_of(self, inputs: torch.Tensor) -> list[int]:
+        """Ids of the recorded forwards whose model input equals `inputs` (the same ids, the same shape)."""
+        return [
+            k for k, seen in self._forward_inputs.items()
+            if seen is inputs or (seen.shape == inputs.shape and seen.device == inputs.device and torch.equal(seen, inputs))
+        ]
+
+    def replay(self, forward_id: int, G: list[torch.Tensor | None], batch_size: int, scale: float) -> GhostPass | None:
+        """The ghost pass of one recorded forward from the output gradients the step's own backward left.
+
+        When the step's loss is c * risk + (terms of other forwards), the output gradients that reached this
+        forward's modules are c times those of `risk`, so `scale = 1 / c` gives exactly what
+        `backward(risk, ...)` would, without running it. None when the kept gradients cannot stand in for a
+        backward: nothing kept, or a tracked tensor outside every hooked module of that forward.
+        """
+        captures = [c for c in self._captures if c.forward_id == forward_id]
+        if not captures or not any(c.kept_deltas for c in captures):
+            return None
+        n = len(self.layout)
+        seen = {self.layout.index_of(p) for c in captures for p in c.module.parameters(recurse=False)}
+        if any(i not in seen and G[i] is not None for i in range(n)):
+            return None
+        device = next(iter(next(c for c in captures if c.kept_deltas).kept_deltas.values())).device
+        result = GhostPass(
+            per_item=torch.zeros(n, batch_size, dtype=torch.float64, device=device),
+            unitemised=torch.zeros(n, dtype=torch.float64, device=device),
+        )
+        with torch.no_grad():
+            for capture in captures:
+                for k, delta in capture.kept_deltas.items():
+                    self._add_terms(capture, k, delta, result, G, batch_size)
+        result.per_item.mul_(scale)  # every term is linear in delta
+        result.unitemised.mul_(scale)
+        return result
+
     # -- the ghost backward ------------------------------------------------------------------------------
-    def backward(self, risk: torch.Tensor, G: list[torch.Tensor | None], batch_size: int, retain_graph: bool = False) -> GhostPass:
+    def backward(
+        self, risk: torch.Tensor, G: list[torch.Tensor | None], batch_size: int, retain_graph: bool = False, with_grads: bool = False
+    ) -> GhostPass:
         """Per-tensor, per-item contributions grad(risk_i) . G for the recorded forward(s) behind `risk`.
 
         `risk` must be a sum over items of per-item terms (e.g. sum of token NLLs / N). `G` is aligned with
-        the layout (None = zero). Only one ghost backward runs at a time.
+        the layout (None = zero). Only one ghost backward runs at a time. `with_grads` also returns the risk's
+        parameter gradient from the same backward (`GhostPass.grads`), for use as a direction.
         """
         if self._pass is not None:
             raise RuntimeError("a ghost backward is already running")
@@ -323,7 +384,8 @@ class GhostRecorder:
         # parent that reads `module.weight` directly): their exact totals come from plain gradients.
         seen = {self.layout.index_of(p) for c in self._captures for p in c.module.parameters(recurse=False)}
         extra = [i for i in range(n) if i not in seen and G[i] is not None]
-        inputs = sources + [self.layout.params[i] for i in extra]
+        wanted = list(range(n)) if with_grads else extra
+        inputs = sources + [self.layout.params[i] for i in wanted]
         if not inputs:
             return result
         self._pass = (result, G, batch_size)
@@ -335,8 +397,11 @@ class GhostRecorder:
             self._recording = was_recording
         from geffect.effects.dots import tensor_dot
 
-        for i, grad in zip(extra, grads[len(sources):]):
-            if grad is not None:
-                result.unitemised[i] += tensor_dot(grad, G[i])
+        by_tensor = dict(zip(wanted, grads[len(sources):]))
+        for i in extra:
+            if by_tensor[i] is not None:
+                result.unitemised[i] += tensor_dot(by_tensor[i], G[i])
                 result.unitemised_tensors.add(i)
+        if with_grads:
+            result.grads = [by_tensor[i] for i in range(n)]
         return result

@@ -12,7 +12,10 @@ r: the retain batch, or a fixed retain probe when the step has none) the tracker
   retain_loss = retain_risk, and loss = gamma * forget_loss + alpha * retain_loss, as for GA and GradDiff),
   and G is exactly this micro-batch's gradient (one micro-batch per step, one process), a risk gradient
   follows from G and the other risk gradient by algebra: GA's e_u = -G.G / gamma costs nothing.
-  This is read from the autograd graph, not from method names.
+  This is read from the autograd graph, not from method names. With `instances`, the same structure means
+  the step's own backward already delivered c times each risk's output gradients to the hooked modules of
+  that risk's forward; the recorder keeps them and turns them into per-item terms (`GhostRecorder.replay`),
+  so no second backward runs over the step's graph.
 
 Estimators: `batch` (the step's last micro-batch), `ema` (the paper's smoothed gradients; three fp32 device
 copies), `full` (the whole forget set and a fixed retain probe of `probe_size` items, new forwards).
@@ -116,6 +119,16 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def _checkpointing(model) -> bool:
+    """Whether activation (gradient) checkpointing is on; transformers renamed the attribute."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        try:
+            return bool(getattr(model, name))
+        except AttributeError:
+            continue
+    return False
+
+
 def _attached(t: torch.Tensor | None) -> bool:
     return t is not None and t.requires_grad and t.grad_fn is not None
 
@@ -184,11 +197,15 @@ class GEffectTracker:
             atomic_write_json(Path(run.run_dir) / LAYOUT_FILENAME, self._layout_json())
         if self.probe_batches is None or (self.config.estimator == "full" and self.forget_batches is None):
             self._build_default_sets(run)
-        if self.config.instances and getattr(model, "is_gradient_checkpointing", False):
+        if self.config.instances and _checkpointing(model):
             # recomputed forwards inside the backward would be captured twice
             raise UsageError("--geffect-instances does not work with gradient checkpointing; turn one of them off")
         if self.config.instances and self.config.estimator == "batch":
             self.recorder = GhostRecorder(model, self.layout)
+            # When the loss is linear in the risks, the step's own backward already brings each forward the
+            # output gradients a ghost backward would compute (times the coefficient): keep them (memory of
+            # the order of the activations, on measured steps only).
+            self.recorder.keep_deltas = self._linear_ok
             # A new forward means the previous micro-batch is finished: drop its captures (memory).
             self._handles.append(model.register_forward_pre_hook(self._before_forward))
             self._arm(run.start_step + 1)
@@ -314,11 +331,16 @@ class GEffectTracker:
         out = step.loss_output
         sides = self._side_inputs(step)
         linear = None
-        if self._linear_ok and not self.config.instances and self.config.estimator == "batch":
+        if self._linear_ok and self.config.estimator == "batch":
             linear = linear_coefficients(out, self._gamma, self._alpha)
         effects: dict[str, SetEffect] = {}
         ema_grads: dict[str, list] = {}
-        if linear is not None:
+        extra: dict = {}
+        if self.config.instances and self.config.estimator == "batch":
+            effects, objective_items = self._measure_instances(run, sides, G, linear)
+            if objective_items is not None:
+                extra["objective_items"] = objective_items
+        elif linear is not None:
             a_f, a_r = linear
             gg = tensor_dots(G, G)
             if a_r == 0.0:
@@ -332,7 +354,6 @@ class GEffectTracker:
             for side, (batch, risk) in sides.items():
                 keep = ema_grads.setdefault(side, []) if self.config.estimator == "ema" else None
                 effects[side] = self._side_effect(run, batch, risk, G, keep)
-        extra: dict = {}
         if self.config.estimator == "ema":
             self._ema["G"].update(G)
             extra["ema"] = {}
@@ -347,8 +368,9 @@ class GEffectTracker:
     def _from_dots(self, dots: torch.Tensor, batch: Batch, risk: torch.Tensor | None) -> SetEffect:
         return SetEffect(dots.cpu(), self.layout, float(risk.detach()) if risk is not None else float("nan"), count_tokens(batch["labels"]))
 
-    def _side_effect(self, run, batch: Batch, risk: torch.Tensor | None, G, keep: list | None = None) -> SetEffect:
-        """e on one batch: reuse `risk`'s graph when given, else a new forward; ghost when instances are on."""
+    def _side_effect(self, run, batch: Batch, risk: torch.Tensor | None, G, keep: list | None = None, want_gradient: bool = False) -> SetEffect:
+        """e on one batch: reuse `risk`'s graph when given, else a new forward; ghost when instances are on
+        (`want_gradient`: keep grad R as `SetEffect.gradient`, from the same backward)."""
         model, layout = run.model, self.layout
         n = count_tokens(batch["labels"])
         if self.config.instances and keep is None:
@@ -356,14 +378,13 @@ class GEffectTracker:
                 # A new forward, with its own hooks; the step's captures stay for the other side.
                 if self.recorder is not None:
                     self.recorder.stop()
-                return ghost_effect(model, layout, [batch], G, tokens=self.config.tokens)
-            result = self.recorder.backward(risk.float() if risk.dtype != torch.float64 else risk, G, batch_size=batch["labels"].shape[0], retain_graph=True)
-            items_vec = item_contributions(model, layout, batch, G, n, result).tolist()
-            ids = [int(i) for i in batch["index"]]
-            counts = (batch["labels"][:, 1:] != -100).sum(1).tolist()
-            effect = SetEffect(result.per_tensor.cpu(), layout, float(risk.detach()), n, dict(zip(ids, items_vec)), None, dict(zip(ids, counts)))
-            if self.config.tokens:
-                effect.tokens = split_tokens(token_effects(model, layout, batch, G, n), batch["labels"], ids)
+                return ghost_effect(model, layout, [batch], G, tokens=self.config.tokens, keep_gradient=want_gradient)
+            result = self.recorder.backward(
+                risk.float() if risk.dtype != torch.float64 else risk, G, batch_size=batch["labels"].shape[0],
+                retain_graph=True, with_grads=want_gradient,
+            )
+            effect = self._ghost_side(run, batch, risk, G, result)
+            effect.gradient = result.grads
             return effect
         with torch.enable_grad():
             if risk is None:
@@ -379,6 +400,89 @@ class GEffectTracker:
             tokens = token_effects(model, layout, batch, G, n)
             effect.tokens = split_tokens(tokens, batch["labels"], ids)
             effect.items = {i: sum(v) for i, v in effect.tokens.items()}
+        return effect
+
+    def _measure_instances(self, run, sides: dict, G, linear: tuple[float, float] | None) -> tuple[dict[str, SetEffect], dict | None]:
+        """Both sides with per-item contributions and, where the step's backward left the forget forward's
+        output gradients, the objective-side split per forget item (the paper's instance scatter):
+        e_{u,i} = grad R_u . G_i and e_{r,i} = grad R_r . G_i, G_i the part of G that reaches the model through
+        forget item i. The split needs grad R_u and grad R_r as directions, so those sides then run a ghost
+        backward that also returns the risk gradient, instead of a replay."""
+        forget_batch, retain_batch = sides["u"][0], sides["r"][0]
+        forward = self._forget_forward(forget_batch, retain_batch)
+        split = forward is not None
+        a_f, a_r = linear if linear is not None else (None, None)
+        effects: dict[str, SetEffect] = {}
+        for side, coefficient in (("r", a_r), ("u", a_f)):  # r first: its gradient may be needed for u's algebra
+            batch, risk = sides[side]
+            replayed = None
+            if linear is not None and risk is not None and not (split and side == "r"):
+                replayed = self._replayed_effect(run, batch, risk, coefficient, G)
+            effects[side] = replayed if replayed is not None else self._side_effect(run, batch, risk, G, want_gradient=split)
+        if not split:
+            return effects, None
+        directions = {"r": [(effects["r"].gradient, 1.0)]}
+        if effects["u"].gradient is not None:
+            directions["u"] = [(effects["u"].gradient, 1.0)]
+        else:  # replayed under loss = a_f R_u + a_r R_r: grad R_u = (G - a_r grad R_r) / a_f
+            directions["u"] = [(G, 1.0 / a_f)] + ([(effects["r"].gradient, -a_r / a_f)] if a_r else [])
+        objective_items = self._objective_items(forward, forget_batch, directions)
+        for effect in effects.values():
+            effect.gradient = None
+        return effects, objective_items
+
+    def _forget_forward(self, forget_batch: Batch, retain_batch: Batch) -> int | None:
+        """The recorded forward of the forget batch when the step's graph holds just it (and the retain
+        batch's): only then are its kept output gradients the whole of each forget item's part of G (a
+        refusal forward, as in IdkPO/DPO, or identical batches make the split ambiguous)."""
+        if self.recorder is None or not self.recorder.keep_deltas:
+            return None
+        forget = self.recorder.forwards_of(forget_batch["input_ids"])
+        retain = self.recorder.forwards_of(retain_batch["input_ids"])
+        if len(forget) != 1 or forget[0] in retain:
+            return None
+        if any(k != forget[0] and k not in retain for k in self.recorder.forward_ids):
+            return None
+        return forget[0]
+
+    def _objective_items(self, forward: int, batch: Batch, directions: dict) -> dict | None:
+        """{item id: {"e_u": grad R_u . G_i, "e_r": grad R_r . G_i}} from replays of the kept output gradients."""
+        size = batch["labels"].shape[0]
+        values = {}
+        for side, terms in directions.items():
+            total = None
+            for vector, scale in terms:
+                if vector is None:
+                    return None
+                result = self.recorder.replay(forward, vector, size, scale)
+                if result is None or result.unitemised_tensors:
+                    return None
+                total = result.items if total is None else total + result.items
+            values[side] = total.tolist()
+        ids = [int(i) for i in batch["index"]]
+        return {str(i): {"e_u": u, "e_r": r} for i, u, r in zip(ids, values["u"], values["r"])}
+
+    def _replayed_effect(self, run, batch: Batch, risk: torch.Tensor, coefficient: float, G) -> SetEffect | None:
+        """Instances from the output gradients the step's backward left (loss = coefficient * risk + ...);
+        None when they cannot stand in for a ghost backward (the caller runs one)."""
+        if self.recorder is None or coefficient == 0.0:
+            return None
+        forwards = self.recorder.forwards_of(batch["input_ids"])
+        if len(forwards) != 1:  # not recorded, or two forwards of identical inputs: ambiguous
+            return None
+        result = self.recorder.replay(forwards[0], G, batch["labels"].shape[0], scale=1.0 / coefficient)
+        return None if result is None else self._ghost_side(run, batch, risk, G, result)
+
+    def _ghost_side(self, run, batch: Batch, risk: torch.Tensor, G, result) -> SetEffect:
+        """A side's SetEffect from a ghost pass over its batch: per tensor, per item (and per token)."""
+        model, layout = run.model, self.layout
+        n = count_tokens(batch["labels"])
+        items_vec = item_contributions(model, layout, batch, G, n, result).tolist()
+        ids = [int(i) for i in batch["index"]]
+        counts = (batch["labels"][:, 1:] != -100).sum(1).tolist()
+        effect = SetEffect(result.per_tensor.cpu(), layout, float(risk.detach()), n, dict(zip(ids, items_vec)), None, dict(zip(ids, counts)))
+        if self.config.tokens:
+            effect.tokens = split_tokens(token_effects(model, layout, batch, G, n), batch["labels"], ids)
         return effect
 
     # -- the JSON line --------------------------------------------------------------------------------------------
@@ -422,6 +526,8 @@ class GEffectTracker:
             record["ema"] = {k: self._reduced_breakdown(v).to_json(tensors=tensors) for k, v in extra["ema"].items()}
         if "weights" in extra:
             record["weights"] = extra["weights"]
+        if "objective_items" in extra:
+            record["objective_items"] = extra["objective_items"]
         record["seconds"] = seconds
         return record
 

@@ -22,6 +22,7 @@ from geffect.reports.runfiles import (
     ema_total,
     item_contributions,
     item_weights,
+    objective_items,
     predicted_change,
     read_run,
     side_risk,
@@ -199,6 +200,39 @@ def plot_instances(run: RunFiles, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_instance_scatter(run: RunFiles, path: Path) -> Path | None:
+    """The paper's instance scatter: every forget item of every measured step at (its part of the unlearning
+    G-effect, its part of the retaining G-effect), coloured by the objective's weight bin for the item."""
+    points = []
+    for record in run.geffect:
+        weights = item_weights(record)
+        points += [(u, r, weights.get(item, math.nan)) for item, (u, r) in objective_items(record).items()]
+    if not points:
+        return None
+    plt = use_agg()
+    fig, ax = plt.subplots(figsize=(6.2, 5), layout="constrained")
+    e_u, e_r, weights = (np.array([p[i] for p in points], dtype=float) for i in range(3))
+    finite = np.isfinite(weights)
+    if finite.any():
+        bins, edges = weight_bins(weights[finite])
+        colours = plt.get_cmap("viridis")(np.linspace(0, 1, max(len(edges) - 1, 1)))
+        for b, colour in enumerate(colours):
+            mask = bins == b
+            if mask.any():
+                ax.scatter(e_u[finite][mask], e_r[finite][mask], s=10, color=colour, alpha=0.7,
+                           label=f"weight in [{edges[b]:.3g}, {edges[min(b + 1, len(edges) - 1)]:.3g}]")
+    if (~finite).any():
+        ax.scatter(e_u[~finite], e_r[~finite], s=10, color="tab:blue", alpha=0.6, label="forget item (unweighted objective)")
+    ax.axvline(0.0, color="grey", linewidth=0.8)
+    _zero_line(ax)
+    ax.legend(fontsize=7, title="objective weight of the item", title_fontsize=8)
+    ax.set(xlabel="unlearning PG-effect ∇R(D_u)·∇L_i (nat²; < 0 removes)",
+           ylabel="retaining PG-effect ∇R(D_r)·∇L_i (nat²; ≥ 0 keeps)",
+           title="forget items: where each item's gradient pushes")
+    fig.suptitle(f"{run.name}: instance scatter ({len(points)} item-steps)")
+    return _save(fig, path)
+
+
 def measured_risk_change(run: RunFiles, side: str) -> tuple[np.ndarray, np.ndarray, str]:
     """Measured change of a risk since the first measured step, against the step it was reached after.
 
@@ -247,6 +281,7 @@ FIGURES: dict[str, Callable[[RunFiles, Path], Path | None]] = {
     "groups_vs_step": plot_groups,
     "layer_heatmap": plot_layer_heatmap,
     "instances": plot_instances,
+    "instance_scatter": plot_instance_scatter,
     "predicted_vs_measured": plot_predicted_vs_measured,
 }
 

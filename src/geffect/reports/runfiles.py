@@ -100,6 +100,11 @@ def item_contributions(record: dict, side: str) -> dict[str, float]:
     return {str(k): as_float(v) for k, v in (record.get(f"items_{side}") or {}).items()}
 
 
+def objective_items(record: dict) -> dict[str, tuple[float, float]]:
+    """Per forget item, (grad R_u . G_i, grad R_r . G_i): the objective-side split of the paper's scatter."""
+    return {str(k): (as_float(v.get("e_u")), as_float(v.get("e_r"))) for k, v in (record.get("objective_items") or {}).items()}
+
+
 def item_weights(record: dict) -> dict[str, float]:
     """The objective's weight per forget item: its item weight, else the mean of its token weights."""
     weights = record.get("weights") or {}
