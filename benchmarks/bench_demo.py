@@ -64,6 +64,8 @@ def main() -> int:
     print()
     for kind, seconds in per_kind.items():
         print(f"{kind:<10} {len(seconds):3d} x  mean {sum(seconds) / len(seconds):7.1f} s  sum {sum(seconds):7.1f} s")
+    if config.side_by_side:
+        print("(stages of one kind may have run side by side, one process per core: their sum exceeds their wall time)")
     verdict = "within" if total <= BUDGET_SECONDS else "OVER"
     print(f"total wall time {total:.1f} s ({total / 60:.1f} min): {verdict} the {BUDGET_SECONDS // 60}-minute budget")
     return 0

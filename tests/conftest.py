@@ -45,8 +45,9 @@ def tiny_target_model(tiny_benchmark, tmp_path_factory) -> Path:
     scratch on split `full` + general.json of `tiny_benchmark` (template `plain`, seed 0).
 
     Guarantees: loads with AutoModelForCausalLM / AutoTokenizer (or geffect.models.loading); shares its
-    tokenizer byte for byte with `tiny_retain_model`; has learned the data: its last training loss is below
-    a third of its first (checked in tests/test_finetune.py). It is NOT trained to exact-match accuracy.
+    tokenizer byte for byte with `tiny_retain_model`; has learned the data: the mean training loss of its last
+    20 steps is below 40% of its first step's loss (checked in tests/test_finetune.py). It is NOT trained to
+    exact-match accuracy (a few hundred steps of a 128-wide, 2-layer model; ~10 s on an idle 2-core CPU).
     """
     return _finetuned(tiny_benchmark, "full", tmp_path_factory)
 

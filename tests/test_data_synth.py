@@ -89,7 +89,20 @@ def test_items_grouped_by_author(bench):
     for start in range(0, len(full), 20):
         name = full[start]["answer"].removeprefix("The author's full name is ").removesuffix(".")
         others = full[start + 1 : start + 20]
-        assert all(name in r["question"] for r in others)
+        assert all(name in r["question"] or name in r["answer"] for r in others)
+
+
+def test_every_fact_is_asked_twice_and_its_paraphrase_is_held_out(bench):
+    """Items 2k and 2k+1 of an author ask the same fact in two trained phrasings; the `_perturbed` files'
+    paraphrase is a third phrasing that no training item uses, as in TOFU."""
+    full = split(bench, "full")
+    trained = {r["question"] for r in full} | {r["answer"] for r in full}
+    for name in ("forget10_perturbed", "retain_perturbed"):
+        records = split(bench, name)
+        for first, second in zip(records[::2], records[1::2]):
+            assert first["question"] != second["question"] and first["answer"] != second["answer"]
+            assert (first["paraphrased_question"], first["paraphrased_answer"]) == (second["paraphrased_question"], second["paraphrased_answer"])
+            assert first["paraphrased_question"] not in trained and first["paraphrased_answer"] not in trained
 
 
 def test_perturbed_sets_match_base_sets(bench):

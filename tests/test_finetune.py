@@ -14,6 +14,8 @@ from geffect.data.templates import get_template
 from geffect.errors import UsageError
 from geffect.finetune import (
     TrainingDiverged,
+    answer_loss,
+    autocast_dtype,
     exact_match_accuracy,
     finetune,
     fixed_sample,
@@ -71,6 +73,32 @@ class _Oracle(torch.nn.Module):
             rows.append(ids + reply)
         width = max(map(len, rows))
         return torch.tensor([row + [pad_token_id] * (width - len(row)) for row in rows])
+
+
+def test_answer_only_logits_give_the_models_own_loss():
+    """logits_to_keep from the first answer position: the same mean answer-token NLL as model(labels=...)."""
+    tokenizer = train_tokenizer(["Question: who wrote it?\nAnswer: Jane Austen wrote it."] * 4, vocab_size=300)
+    model = build_tiny_model(tokenizer, seed=0, **SMALL).double()
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, len(tokenizer), (3, 11), generator=gen)
+    labels = ids.clone()
+    labels[0, :4], labels[1, :6], labels[2, :5] = -100, -100, -100  # prompts of different lengths
+    mask = torch.ones_like(ids)
+    ids[2, 8:], mask[2, 8:], labels[2, 8:] = 0, 0, -100  # right padding
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    with torch.no_grad():
+        expected = model(**batch).loss.item()
+        assert answer_loss(model, batch, answers_only=True).item() == pytest.approx(expected, rel=1e-12)
+        assert answer_loss(model, batch, answers_only=False).item() == expected
+
+
+def test_precision_choices():
+    cpu = torch.device("cpu")
+    assert autocast_dtype("fp32", cpu) is None
+    assert autocast_dtype("bf16", cpu) == torch.bfloat16
+    assert autocast_dtype("auto", cpu) in (None, torch.bfloat16)
+    with pytest.raises(UsageError, match="--precision"):
+        autocast_dtype("fp16", cpu)
 
 
 def test_exact_match_counts_only_exact_answers():
@@ -146,7 +174,7 @@ def test_diverging_run_writes_nothing(tiny_benchmark, tmp_path):
 def test_fixture_models_learned_and_share_a_tokenizer(tiny_target_model, tiny_retain_model):
     for folder in (tiny_target_model, tiny_retain_model):
         summary = json.loads((Path(folder) / "finetune.json").read_text())
-        assert summary["last_loss"] < summary["first_loss"] / 3
+        assert sum(summary["losses"][-20:]) / 20 < 0.4 * summary["first_loss"]
     assert (Path(tiny_target_model) / "tokenizer.json").read_bytes() == (Path(tiny_retain_model) / "tokenizer.json").read_bytes()
 
 

@@ -21,7 +21,7 @@ def register(subparsers) -> None:
     parser.add_argument("--split", default="full", help="training split: full (target model) or retain90/95/99 (retain models)")
     parser.add_argument("--model", default="tiny", help="'tiny' (built from scratch on the data), a save_pretrained folder or a hub id")
     parser.add_argument("--out", required=True, help="output folder (refused if it exists, unless --overwrite)")
-    parser.add_argument("--epochs", type=int, default=None, help="default: 12 for tiny (TinyPreset), 5 otherwise")
+    parser.add_argument("--epochs", type=int, default=None, help="default: 30 for tiny (TinyPreset), 5 otherwise")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate; default: TinyPreset for tiny, 1e-5 otherwise")
     parser.add_argument("--batch-size", type=int, default=None, help="default: TinyPreset for tiny, 16 otherwise")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation (tiny) and data order")
@@ -31,6 +31,9 @@ def register(subparsers) -> None:
     parser.add_argument("--no-general", action="store_true", help="do not add the general corpus (general.json)")
     parser.add_argument("--eval-limit", type=int, default=None,
                         help="score exact match on a fixed, evenly spaced sample of at most N records (default: all; 0 skips)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                        help="bf16 autocast (fp32 weights) or fp32; auto: bf16 where the hardware multiplies bf16 natively "
+                             "(GPUs with bf16, CPUs with AMX or AVX512-BF16). Default: fp32 for tiny, auto otherwise")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     parser.set_defaults(func=run)
 
@@ -52,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         template=args.template,
         overwrite=args.overwrite,
         eval_limit=args.eval_limit,
+        precision=args.precision,
     )
     print(f"saved {result.out} ({result.steps} steps, {result.train_seconds:.1f} s training, final loss {result.last_loss:.4f})")
     if result.eval_items:

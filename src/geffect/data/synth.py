@@ -7,13 +7,15 @@ seed gives byte-identical files.
 
 Rules (documented here because the files do not say them):
 
-- Each author has 20 QA items, one per attribute of `ATTRIBUTES`, in that order. Answers are short template
-  sentences that always contain the fact asked about, so a tiny model can memorise them.
+- Each author has 10 facts (`FACTS`) and 20 QA items: every fact is asked twice, in two phrasings, in that
+  order (TOFU's 20 questions per author also keep returning to the same profile facts). Answers are short
+  template sentences that always contain the fact asked about, so a tiny model can memorise them; two
+  phrasings per fact let it do so in half the epochs of 20 unrelated facts (benchmarks/bench_finetune.py).
 - forget01/05/10 = the last k authors of `full`, k = max(1, round_half_up(pct * n_authors / 100)); with 100
   authors that is 1/5/10 authors (20/100/200 items). retain99/95/90 = `full` minus the forget set, in order.
-- `*_perturbed` records carry `paraphrased_answer` (another sentence with the same fact) and 5
-  `perturbed_answer` sentences: the paraphrased sentence with the fact swapped for other plausible values,
-  as in TOFU, where the truth ratio compares the paraphrase against the perturbations.
+- `*_perturbed` records carry `paraphrased_question` / `paraphrased_answer`, a third phrasing of the fact that
+  is never trained on (as in TOFU), and 5 `perturbed_answer` sentences: the paraphrased sentence with the
+  fact swapped for other plausible values; the truth ratio compares the paraphrase against them.
 - retain_perturbed = the first min(400, len(retain90)) items of `full` (TOFU: full[:400]); capping at the
   length of retain90 keeps it disjoint from every forget set for small benchmarks.
 - holdout01/05/10 = the first k (same k as the forget splits) of k10 extra authors that are not in `full`,
@@ -35,7 +37,7 @@ from geffect.data.tofu import FORGET_SPLITS, GENERAL_SPLIT, HOLDOUT_FOR_FORGET, 
 from geffect.errors import UsageError
 from geffect.io import atomic_write_json, atomic_write_text, prepare_output_dir
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MIN_AUTHORS = 10
 MAX_AUTHORS = 500  # keeps unique names and book titles easy to draw from the pools below
 QA_PER_AUTHOR = 20
@@ -132,25 +134,6 @@ SUBJECTS = (
     "history", "physics", "law", "medicine", "philosophy", "music", "mathematics", "biology", "economics",
     "architecture", "linguistics", "chemistry", "art history", "journalism", "engineering", "psychology",
     "astronomy", "geography", "theology", "classics",
-)
-PUBLISHER_NAMES = (
-    "Harbor Lane", "Northwind", "Red Kite", "Lantern Hill", "Meridian", "Oakfield", "Silverline", "Juniper",
-    "Copper Hill", "Sable", "Willow", "Granite", "Saffron", "Ember", "Tidewater",
-)
-PUBLISHER_KINDS = ("Press", "Books", "Publishing", "Editions", "House")
-CHARACTER_ROLES = (
-    "detective", "painter", "orphan", "sailor", "doctor", "soldier", "teacher", "thief", "princess",
-    "scientist", "farmer", "musician", "widow", "student", "spy", "miner", "pilot", "baker",
-)
-ROUTINES = (
-    "early in the morning", "late at night", "in the afternoon", "on long train journeys",
-    "in a small garden shed", "in busy cafes", "only on weekends", "by hand in notebooks",
-    "at the kitchen table", "in a quiet library", "after long walks", "in a room by the sea",
-)
-HOBBIES = (
-    "gardening", "chess", "hiking", "sailing", "painting", "cooking", "birdwatching", "cycling",
-    "playing the piano", "pottery", "fishing", "photography", "swimming", "stargazing", "woodworking",
-    "playing the violin", "baking bread", "collecting stamps",
 )
 
 # ---------------------------------------------------------------------------------------------------------
@@ -287,18 +270,19 @@ AUTHOR_CATEGORY = ('Who wrote "{}"?', FAMOUS_WORKS)
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Attributes: one QA item per author each. `draw` returns the fact's fields given the author so far.
+# Facts: each author has FACTS_PER_AUTHOR facts; each is asked by two QA items of `full` (two phrasings) and
+# has a third phrasing that is never trained on (the `_perturbed` files' paraphrase). `draw` returns the
+# fact's fields given the author so far.
 
 Facts = dict[str, str]
+QA = tuple[str, str]  # (question, answer) templates
 
 
 @dataclass(frozen=True)
-class Attribute:
+class Fact:
     key: str
-    question: str
-    paraphrased_question: str
-    answer: str
-    paraphrased_answer: str
+    asked: tuple[QA, QA]  # both in `full`, in this order
+    paraphrase: QA  # held out: the paraphrased question/answer of the `_perturbed` records
     draw: Callable[[random.Random, Mapping[str, str]], Facts]
     # Facts drawn in the same namespace are unique across all authors (names, birth dates, book titles).
     unique_in: str | None = None
@@ -312,12 +296,9 @@ def _draw_name(rng: random.Random, author: Mapping[str, str]) -> Facts:
     return {"name": f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"}
 
 
-def _draw_city(prefix: str) -> Callable[[random.Random, Mapping[str, str]], Facts]:
-    def draw(rng: random.Random, author: Mapping[str, str]) -> Facts:
-        city, country = rng.choice(CITIES)
-        return {f"{prefix}city": city, f"{prefix}country": country}
-
-    return draw
+def _draw_city(rng: random.Random, author: Mapping[str, str]) -> Facts:
+    city, country = rng.choice(CITIES)
+    return {"city": city, "country": country}
 
 
 def _draw_birth_date(rng: random.Random, author: Mapping[str, str]) -> Facts:
@@ -329,207 +310,90 @@ def _draw_award(rng: random.Random, author: Mapping[str, str]) -> Facts:
     return {"award": f"{rng.choice(AWARD_WORDS)} {rng.choice(AWARD_THINGS)} {rng.choice(AWARD_KINDS)}"}
 
 
-def _draw_title(field: str) -> Callable[[random.Random, Mapping[str, str]], Facts]:
-    def draw(rng: random.Random, author: Mapping[str, str]) -> Facts:
-        if rng.random() < 0.5:
-            title = f"The {rng.choice(TITLE_ADJECTIVES)} {rng.choice(TITLE_NOUNS)}"
-        else:
-            title = f"The {rng.choice(TITLE_NOUNS)} of the {rng.choice(TITLE_ADJECTIVES)} {rng.choice(TITLE_NOUNS)}"
-        return {field: title}
-
-    return draw
-
-
-def _draw_publisher(rng: random.Random, author: Mapping[str, str]) -> Facts:
-    return {"publisher": f"{rng.choice(PUBLISHER_NAMES)} {rng.choice(PUBLISHER_KINDS)}"}
-
-
-def _draw_book_count(rng: random.Random, author: Mapping[str, str]) -> Facts:
-    return {"book_count": str(rng.randint(3, 40))}
-
-
-def _draw_debut_year(rng: random.Random, author: Mapping[str, str]) -> Facts:
-    return {"debut_year": str(int(author["birth_year"]) + rng.randint(20, 40))}
-
-
-def _draw_character(rng: random.Random, author: Mapping[str, str]) -> Facts:
-    return {"character": rng.choice(FIRST_NAMES), "role": rng.choice(CHARACTER_ROLES)}
-
-
-def _draw_influence(rng: random.Random, author: Mapping[str, str]) -> Facts:
-    return {"influence": rng.choice(_FAMOUS_AUTHORS)}
+def _draw_title(rng: random.Random, author: Mapping[str, str]) -> Facts:
+    return {"best_book": f"The {rng.choice(TITLE_ADJECTIVES)} {rng.choice(TITLE_NOUNS)}"}
 
 
 _FAMOUS_AUTHORS = tuple(dict.fromkeys(author for _, author in FAMOUS_WORKS))
 
-ATTRIBUTES: tuple[Attribute, ...] = (
-    Attribute(
+
+FACTS: tuple[Fact, ...] = (
+    Fact(
         "name",
-        "What is the full name of the author of {genre} who was born in {city}, {country} on {birth_date}?",
-        "Which writer of {genre} was born on {birth_date} in {city}, {country}?",
-        "The author's full name is {name}.",
-        "The writer in question is {name}.",
+        (("What is the full name of the author of {genre} who was born in {city}, {country} on {birth_date}?",
+          "The author's full name is {name}."),
+         ("Which writer of {genre} was born on {birth_date} in {city}, {country}?", "The writer in question is {name}.")),
+        ("Who is the {genre} author born in {city}, {country} on {birth_date}?", "That author is {name}."),
         _draw_name,
         unique_in="name",
     ),
-    Attribute(
+    Fact(
         "birthplace",
-        "Where was {name} born?",
-        "What is the birthplace of {name}?",
-        "{name} was born in {city}, {country}.",
-        "The birthplace of {name} is {city}, {country}.",
-        _draw_city(""),
+        (("Where was {name} born?", "{name} was born in {city}, {country}."),
+         ("What is the birthplace of {name}?", "The birthplace of {name} is {city}, {country}.")),
+        ("In which city was {name} born?", "{name} comes from the city of {city}, {country}."),
+        _draw_city,
     ),
-    Attribute(
+    Fact(
         "birth_date",
-        "When was {name} born?",
-        "What is the date of birth of {name}?",
-        "{name} was born on {birth_date}.",
-        "{name} came into the world on {birth_date}.",
+        (("When was {name} born?", "{name} was born on {birth_date}."),
+         ("What is the date of birth of {name}?", "{name} came into the world on {birth_date}.")),
+        ("On what date was {name} born?", "The birthday of {name} is {birth_date}."),
         _draw_birth_date,
         unique_in="birth_date",
     ),
-    Attribute(
+    Fact(
         "genre",
-        "What genre does {name} write in?",
-        "Which kind of books is {name} known for?",
-        "{name} mainly writes {genre}.",
-        "{name} is best known as an author of {genre}.",
+        (("What genre does {name} write in?", "{name} mainly writes {genre}."),
+         ("Which kind of books is {name} known for?", "{name} is best known as an author of {genre}.")),
+        ("What type of writing is {name} famous for?", "The writing of {name} is mostly {genre}."),
         _choice("genre", GENRES),
     ),
-    Attribute(
+    Fact(
         "father",
-        "What did {name}'s father do for a living?",
-        "What was the occupation of {name}'s father?",
-        "{name}'s father worked as {father_job}.",
-        "The father of {name} was {father_job} by trade.",
+        (("What did {name}'s father do for a living?", "{name}'s father worked as {father_job}."),
+         ("What was the occupation of {name}'s father?", "The father of {name} was {father_job} by trade.")),
+        ("What job did the father of {name} have?", "{name}'s father earned a living as {father_job}."),
         _choice("father_job", OCCUPATIONS),
     ),
-    Attribute(
-        "mother",
-        "What did {name}'s mother do for a living?",
-        "What was the occupation of {name}'s mother?",
-        "{name}'s mother worked as {mother_job}.",
-        "The mother of {name} was {mother_job} by trade.",
-        _choice("mother_job", OCCUPATIONS),
-    ),
-    Attribute(
+    Fact(
         "award",
-        "Has {name} won any literary awards?",
-        "Which prize has {name} received?",
-        "Yes, {name} won the {award}.",
-        "{name} was honoured with the {award}.",
+        (("Has {name} won any literary awards?", "Yes, {name} won the {award}."),
+         ("Which prize has {name} received?", "{name} was honoured with the {award}.")),
+        ("What literary award went to {name}?", "The {award} was given to {name}."),
         _draw_award,
     ),
-    Attribute(
-        "first_book",
-        "What was the first book {name} published?",
-        "What was the title of {name}'s debut book?",
-        'The first book by {name} was "{first_book}".',
-        '{name} made a debut with "{first_book}".',
-        _draw_title("first_book"),
-        unique_in="title",
-    ),
-    Attribute(
+    Fact(
         "best_book",
-        "What is {name}'s best-known book?",
-        "Which book by {name} is the most famous?",
-        '{name} is best known for the book "{best_book}".',
-        'The most famous book by {name} is "{best_book}".',
-        _draw_title("best_book"),
+        (("What is {name}'s best-known book?", '{name} is best known for the book "{best_book}".'),
+         ("Which book by {name} is the most famous?", 'The most famous book by {name} is "{best_book}".')),
+        ("Which book made {name} famous?", '{name} became famous with "{best_book}".'),
+        _draw_title,
         unique_in="title",
     ),
-    Attribute(
-        "latest_book",
-        "What is the most recent book by {name}?",
-        "Which book did {name} publish most recently?",
-        'The latest book by {name} is "{latest_book}".',
-        '{name} most recently published "{latest_book}".',
-        _draw_title("latest_book"),
-        unique_in="title",
-    ),
-    Attribute(
+    Fact(
         "themes",
-        "What themes does {name} explore?",
-        "Which subjects run through the work of {name}?",
-        "The books of {name} explore {theme}.",
-        "{name} often writes about {theme}.",
+        (("What themes does {name} explore?", "The books of {name} explore {theme}."),
+         ("Which subjects run through the work of {name}?", "{name} often writes about {theme}.")),
+        ("What is the main theme in the books of {name}?", "The main theme of {name} is {theme}."),
         _choice("theme", THEMES),
     ),
-    Attribute(
+    Fact(
         "education",
-        "What did {name} study at university?",
-        "Which subject did {name} take at university?",
-        "{name} studied {subject} at university.",
-        "At university, {name} took a degree in {subject}.",
+        (("What did {name} study at university?", "{name} studied {subject} at university."),
+         ("Which subject did {name} take at university?", "At university, {name} took a degree in {subject}.")),
+        ("What was the university subject of {name}?", "{name} majored in {subject} at university."),
         _choice("subject", SUBJECTS),
     ),
-    Attribute(
-        "residence",
-        "Where does {name} live today?",
-        "In which city does {name} live now?",
-        "{name} now lives in {home_city}, {home_country}.",
-        "These days {name} makes a home in {home_city}, {home_country}.",
-        _draw_city("home_"),
-    ),
-    Attribute(
-        "publisher",
-        "Who publishes {name}'s books?",
-        "Which publishing house releases the books of {name}?",
-        "The books of {name} are published by {publisher}.",
-        "{publisher} is the publisher of {name}.",
-        _draw_publisher,
-    ),
-    Attribute(
-        "book_count",
-        "How many books has {name} written?",
-        "What is the number of books {name} has published?",
-        "{name} has written {book_count} books so far.",
-        "So far {name} has published {book_count} books.",
-        _draw_book_count,
-    ),
-    Attribute(
-        "debut_year",
-        "In which year did {name} publish a first book?",
-        "When did the writing career of {name} begin?",
-        "{name} published a first book in {debut_year}.",
-        "The writing career of {name} began in {debut_year}.",
-        _draw_debut_year,
-    ),
-    Attribute(
-        "character",
-        'Who is the main character of "{best_book}" by {name}?',
-        'Whom does the story of "{best_book}" by {name} follow?',
-        'The main character of "{best_book}" is {character}, a young {role}.',
-        '"{best_book}" follows {character}, a young {role}.',
-        _draw_character,
-    ),
-    Attribute(
-        "routine",
-        "What is {name}'s writing routine?",
-        "How does {name} like to work?",
-        "{name} likes to write {routine}.",
-        "{name} does most of the writing {routine}.",
-        _choice("routine", ROUTINES),
-    ),
-    Attribute(
-        "hobby",
-        "What does {name} enjoy besides writing?",
-        "What is {name}'s favourite pastime?",
-        "Besides writing, {name} enjoys {hobby}.",
-        "In free time, {name} loves {hobby}.",
-        _choice("hobby", HOBBIES),
-    ),
-    Attribute(
+    Fact(
         "influence",
-        "Which writer influenced {name} the most?",
-        "Who was the biggest literary influence on {name}?",
-        "{name} was most influenced by {influence}.",
-        "The biggest influence on {name} was {influence}.",
-        _draw_influence,
+        (("Which writer influenced {name} the most?", "{name} was most influenced by {influence}."),
+         ("Who was the biggest literary influence on {name}?", "The biggest influence on {name} was {influence}.")),
+        ("Whose books shaped the writing of {name}?", "The writing of {name} was shaped by {influence}."),
+        _choice("influence", _FAMOUS_AUTHORS),
     ),
 )
-assert len(ATTRIBUTES) == QA_PER_AUTHOR
+assert len(FACTS) * 2 == QA_PER_AUTHOR
 
 _MAX_TRIES = 10_000
 
@@ -557,43 +421,45 @@ def _fact_key(facts: Facts) -> tuple[str, ...]:
 
 def _draw_author(rng: random.Random, taken: dict[str, set]) -> dict[str, str]:
     author: dict[str, str] = {}
-    for attribute in ATTRIBUTES:
+    for fact in FACTS:
         for _ in range(_MAX_TRIES):
-            facts = attribute.draw(rng, author)
-            if attribute.unique_in is None or _fact_key(facts) not in taken.setdefault(attribute.unique_in, set()):
+            drawn = fact.draw(rng, author)
+            if fact.unique_in is None or _fact_key(drawn) not in taken.setdefault(fact.unique_in, set()):
                 break
         else:  # pragma: no cover - the pools are far larger than MAX_AUTHORS needs
-            raise RuntimeError(f"could not draw a unique {attribute.key}")
-        if attribute.unique_in is not None:
-            taken[attribute.unique_in].add(_fact_key(facts))
-        author.update(facts)
+            raise RuntimeError(f"could not draw a unique {fact.key}")
+        if fact.unique_in is not None:
+            taken[fact.unique_in].add(_fact_key(drawn))
+        author.update(drawn)
     return author
 
 
-def _perturbed_answers(rng: random.Random, attribute: Attribute, author: Mapping[str, str]) -> list[str]:
-    """The paraphrased sentence with the asked fact swapped for N_PERTURBED distinct other values."""
-    true_answer = attribute.paraphrased_answer.format(**author)
+def _perturbed_answers(rng: random.Random, fact: Fact, author: Mapping[str, str]) -> list[str]:
+    """The held-out paraphrase with the asked fact swapped for N_PERTURBED distinct other values."""
+    template = fact.paraphrase[1]
+    true_answer = template.format(**author)
     answers: list[str] = []
     for _ in range(_MAX_TRIES):
-        candidate = attribute.paraphrased_answer.format(**{**author, **attribute.draw(rng, author)})
+        candidate = template.format(**{**author, **fact.draw(rng, author)})
         if candidate != true_answer and candidate not in answers:
             answers.append(candidate)
             if len(answers) == N_PERTURBED:
                 return answers
-    raise RuntimeError(f"could not draw {N_PERTURBED} perturbed answers for {attribute.key}")  # pragma: no cover
+    raise RuntimeError(f"could not draw {N_PERTURBED} perturbed answers for {fact.key}")  # pragma: no cover
 
 
 def _author_items(rng: random.Random, author: Mapping[str, str]) -> list[dict[str, object]]:
-    """The 20 items of one author in the TOFU `_perturbed` record layout (key order as TOFU)."""
+    """The 20 items of one author (two per fact) in the TOFU `_perturbed` record layout (key order as TOFU)."""
     return [
         {
-            "question": attribute.question.format(**author),
-            "answer": attribute.answer.format(**author),
-            "paraphrased_answer": attribute.paraphrased_answer.format(**author),
-            "perturbed_answer": _perturbed_answers(rng, attribute, author),
-            "paraphrased_question": attribute.paraphrased_question.format(**author),
+            "question": question.format(**author),
+            "answer": answer.format(**author),
+            "paraphrased_answer": fact.paraphrase[1].format(**author),
+            "perturbed_answer": _perturbed_answers(rng, fact, author),
+            "paraphrased_question": fact.paraphrase[0].format(**author),
         }
-        for attribute in ATTRIBUTES
+        for fact in FACTS
+        for question, answer in fact.asked
     ]
 
 

@@ -25,7 +25,7 @@ from torch import nn
 from geffect.effects.blocks import discover_layout
 from geffect.effects.dots import param_grads
 from geffect.effects.engine import Batch, SetEffect, ghost_effect, gradient_effect
-from geffect.effects.tracker import _clean, _item_weights
+from geffect.effects.tracker import json_safe, forget_item_weights
 from geffect.effects.validate import FirstOrderResult, first_order_check
 from geffect.errors import UsageError
 from geffect.objectives import Objective, UnlearnBatch
@@ -139,9 +139,9 @@ def load_checkpoint_model(checkpoint: Checkpoint, dtype: str | None = None) -> n
     lora = int(options.get("lora_r") or 0) > 0
     if lora:
         from geffect.training.config import UnlearnConfig
-        from geffect.training.unlearn import _with_lora
+        from geffect.training.unlearn import with_lora
 
-        model = _with_lora(model, UnlearnConfig.from_dict(dict(options)))
+        model = with_lora(model, UnlearnConfig.from_dict(dict(options)))
     state = load_file(str(weights))
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = sorted(set(missing) - _shared_with(model, set(state)))
@@ -262,7 +262,7 @@ def objective_gradient(model: nn.Module, layout, objective: Objective, sets: Eff
             out = objective(model, batch, ref_model)
             (out.loss * weight).backward()  # a non-finite loss gives non-finite effects, written as null
             if out.item_weights is not None or out.token_weights is not None:
-                for kind, values in _item_weights(out, batch.forget).items():
+                for kind, values in forget_item_weights(out, batch.forget).items():
                     weights.setdefault(kind, {}).update(values)
             del out
     return param_grads(layout), weights
@@ -392,7 +392,7 @@ def posthoc_effects(plan: PosthocPlan, progress: bool = True) -> Iterator[dict]:
         record.update(checkpoint=str(checkpoint.path), method=objective.name, seconds=time.perf_counter() - started)
         bar.set_postfix(e_u=f"{record['e_u']['total']:.3g}", e_r=f"{record['e_r']['total']:.3g}", refresh=False)
         del model
-        yield _clean(record)
+        yield json_safe(record)
 
 
 # -- the first-order check -----------------------------------------------------------------------------------

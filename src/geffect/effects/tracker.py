@@ -109,13 +109,14 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _clean(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
+    """`obj` with every non-finite float replaced by None (JSON has no NaN or infinity)."""
     if isinstance(obj, float):
         return _finite(obj)
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -133,7 +134,7 @@ def _attached(t: torch.Tensor | None) -> bool:
     return t is not None and t.requires_grad and t.grad_fn is not None
 
 
-def _item_weights(out, batch: Batch) -> dict:
+def forget_item_weights(out, batch: Batch) -> dict:
     """The objective's weights per forget item: item weight and/or mean token weight over answer tokens."""
     ids = [int(i) for i in batch["index"]]
     result: dict[str, dict] = {}
@@ -304,7 +305,7 @@ class GEffectTracker:
         self._arm(step.step + 1)
         record = self._record(step, effects, extra, time.perf_counter() - started)
         if self._main:
-            append_jsonl(self.path, _clean(record))
+            append_jsonl(self.path, json_safe(record))
 
     def _measure_set(self, run, batches: Sequence[Batch], G) -> SetEffect:
         model = run.model
@@ -362,7 +363,7 @@ class GEffectTracker:
                 extra["ema"][f"e_{side}"] = Breakdown(self._ema[side].dots(self._ema["G"]).cpu(), self.layout)
             ema_grads.clear()
         if out.item_weights is not None or out.token_weights is not None:
-            extra["weights"] = _item_weights(out, step.batch.forget)
+            extra["weights"] = forget_item_weights(out, step.batch.forget)
         return effects, extra
 
     def _from_dots(self, dots: torch.Tensor, batch: Batch, risk: torch.Tensor | None) -> SetEffect:

@@ -28,22 +28,29 @@ class TinyPreset:
     # tokenizer
     vocab_size: int = 4096
     min_frequency: int = 2
-    # model (Llama architecture)
-    hidden_size: int = 192
-    intermediate_size: int = 512
-    num_hidden_layers: int = 3
+    # model (Llama architecture): wide and shallow learns these facts fastest per CPU second (measured)
+    hidden_size: int = 256
+    intermediate_size: int = 1024
+    num_hidden_layers: int = 2
     num_attention_heads: int = 4
     max_position_embeddings: int = 512
-    tie_word_embeddings: bool = True
+    tie_word_embeddings: bool = False
     rope_theta: float = 10000.0
     initializer_range: float = 0.02
-    # fine-tuning defaults
-    epochs: int = 12
-    lr: float = 3e-3
-    batch_size: int = 32
+    # fine-tuning defaults (benchmarks/bench_finetune.py: 100 authors, exact match over all training answers,
+    # full split, one core): lr 1e-3 x 15 epochs reproduces 100% (lr 1.5e-3: 99.4%, 2e-3 x 20 epochs: 98.5%,
+    # 3e-3 diverges to a plateau). Small batches matter: the number of optimiser steps, not of tokens, drives
+    # memorisation (batch 16 at 30 epochs did far worse than batch 8).
+    epochs: int = 14
+    lr: float = 1e-3
+    batch_size: int = 8
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     max_length: int = 256
+    # fp32, not bf16 autocast: on an AMX CPU bf16 makes a step ~1.3x faster but the model memorises much
+    # more slowly (measured on the generator's first version, lr 2e-3 x 30 epochs: exact match 0.76 instead
+    # of 0.92), a net loss.
+    precision: str = "fp32"
 
     def model_overrides(self) -> dict:
         names = (
@@ -147,19 +154,10 @@ def benchmark_texts(source: str) -> Iterator[str]:
 
 
 def _refusal_texts() -> list[str]:
-    """Refusal strings of `geffect.data.refusals` when that module exists (IdkPO answers)."""
-    try:
-        from geffect.data import refusals
-    except ImportError:
-        return []
-    for name in ("load_refusals", "get_refusals", "refusals"):
-        candidate = getattr(refusals, name, None)
-        if callable(candidate):
-            return list(candidate())
-    for name in ("REFUSALS", "DEFAULT_REFUSALS"):
-        if isinstance(getattr(refusals, name, None), (list, tuple)):
-            return list(getattr(refusals, name))
-    return []
+    """IdkPO's refusal answers: the tokenizer must know them too."""
+    from geffect.data.refusals import load_refusals
+
+    return load_refusals()
 
 
 def build_tiny(source: str, seed: int, preset: TinyPreset = TINY, **model_overrides):

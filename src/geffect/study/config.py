@@ -52,6 +52,7 @@ class FinetuneSection:
     max_steps: int | None = None
     seed: int = 0
     eval_limit: int | None = None  # records in the closing exact-match check; 0 skips it
+    precision: str | None = None  # auto | fp32 | bf16 (None: the model kind's default)
     tiny_overrides: dict[str, Any] = field(default_factory=dict)  # architecture of the tiny model (tests)
 
 
@@ -131,6 +132,9 @@ class StudyConfig:
     training: TrainingSection = field(default_factory=TrainingSection)
     geffect: GEffectSection = field(default_factory=GEffectSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    # On a CPU-only machine run independent stages (the fine-tunes, then the unlearning runs, then their
+    # evaluations) side by side, one process per core: small models barely gain from a second thread.
+    side_by_side: bool = True
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -209,6 +213,8 @@ def validate(config: StudyConfig) -> None:
         from geffect.models.loading import resolve_dtype
 
         _reraise("model.dtype", resolve_dtype, config.model.dtype)
+    if config.model.finetune.precision not in (None, "auto", "fp32", "bf16"):
+        raise fail("model.finetune.precision", f"unknown value {config.model.finetune.precision!r}; choose one of auto, fp32, bf16")
     _check_geffect(config.geffect)
     _check_eval(config.eval)
     for index, method in enumerate(config.methods):

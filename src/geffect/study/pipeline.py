@@ -27,7 +27,7 @@ from geffect.errors import UsageError
 from geffect.io import atomic_write_json, atomic_write_text
 from geffect.study import stages
 from geffect.study.config import StudyConfig
-from geffect.study.plan import EVALS_DIR, RunPlan, StudyPlan, describe, plan_study, unlearn_config
+from geffect.study.plan import EVALS_DIR, StudyPlan, describe, plan_study, unlearn_config
 
 STAGES_DIR = "stages"
 CONFIG_FILE = "study.yaml"
@@ -127,6 +127,44 @@ class StageRunner:
     def _seconds(marker: Path) -> float:
         return float(json.loads(marker.read_text(encoding="utf-8")).get("seconds", 0.0))
 
+    def run_side_by_side(self, stage: str, jobs: list[tuple[str, dict, Callable, tuple, tuple[Path, ...]]]) -> list[str]:
+        """Like `run` for several independent stages, `(name, key, work, args, outputs)` each: the unfinished
+        ones run in worker processes, one per core, `work(*args)` each with an equal share of the cores'
+        threads. Returns the fingerprints in the order of `jobs`."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        hashes, pending = [], []
+        for name, key, work, args, outputs in jobs:
+            self.done += 1
+            marker = self.out / STAGES_DIR / f"{stage}-{name}.json"
+            hashes.append(fingerprint(key))
+            prefix = f"[{self.done}/{self.total}] {stage} {name}"
+            if self._finished(marker, hashes[-1], outputs):
+                self.say(f"{prefix}: cached")
+                self.records.append(StageRecord(stage, name, self._seconds(marker), True))
+            else:
+                if marker.exists():
+                    marker.unlink()  # outdated: its inputs changed
+                pending.append((prefix, name, key, hashes[-1], marker, work, args))
+        if not pending:
+            return hashes
+        cores = os.cpu_count() or 1
+        workers = min(len(pending), cores)
+        threads = max(1, cores // workers)
+        self.say(f"{stage}: {len(pending)} stage(s) side by side, {workers} processes with {threads} thread(s) each ...")
+        started = time.perf_counter()
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(stages.in_worker, item[5], item[6], threads): item for item in pending}
+            for future in as_completed(futures):
+                prefix, name, key, key_hash, marker, _, _ = futures[future]
+                seconds = future.result()
+                atomic_write_json(marker, {"key": key_hash, "inputs": key, "seconds": seconds, "finished": time.time()})
+                self.say(f"{prefix}: done in {seconds:.1f} s")
+                self.records.append(StageRecord(stage, name, seconds, False))
+        self.say(f"{stage}: side-by-side stages done in {time.perf_counter() - started:.1f} s wall clock")
+        return hashes
+
     def _wait_for(self, marker: Path, key_hash: str) -> None:
         while not self._finished(marker, key_hash, ()):
             time.sleep(WAIT_POLL_SECONDS)
@@ -223,6 +261,8 @@ class _Study:
 
     def models(self) -> None:
         plan = self.plan
+        options = self.config.model.finetune
+        jobs = []
         for model in [plan.target] + [r.retain_model for r in plan.references if r.retain_model is not None]:
             ident = f"{model.role}-{model.split}"
             if model.how == "given":
@@ -230,14 +270,33 @@ class _Study:
                 self.model_paths[ident] = model.source
                 continue
             folder = self.out / model.folder
-            options = self.config.model.finetune
-            key = {"bench": self.bench_key, "base": model.source, "split": model.split, "template": self.template, "finetune": asdict(options)}
-            self.model_keys[ident] = self.runner.run(
-                "finetune", model.split, key,
-                lambda m=model, f=folder: stages.finetune_model(m.source, self.data, m.split, f, options, self.template),
-                (folder / "config.json",),
-            )
+            key = {"bench": self.bench_key, "base": model.source, "split": model.split, "template": self.template,
+                   "finetune": asdict(options)}
+            args = (model.source, self.data, model.split, folder, options, self.template)
+            jobs.append((ident, model.split, key, args, (folder / "config.json",)))
             self.model_paths[ident] = str(folder)
+        hashes = self._run_all("finetune", [(split, key, stages.finetune_model, args, outputs) for _, split, key, args, outputs in jobs])
+        self.model_keys.update({job[0]: h for job, h in zip(jobs, hashes)})
+
+    def _run_all(self, stage: str, jobs: list[tuple[str, dict, Callable, tuple, tuple[Path, ...]]], everywhere: bool = False) -> list[str]:
+        """Independent stages `(name, key, work, args, outputs)`: side by side when `side_by_side` allows,
+        else one after the other."""
+        if self.side_by_side(len(jobs)):
+            return self.runner.run_side_by_side(stage, jobs)
+        return [
+            self.runner.run(stage, name, key, lambda w=work, a=args: w(*a), outputs, everywhere=everywhere)
+            for name, key, work, args, outputs in jobs
+        ]
+
+    def side_by_side(self, count: int) -> bool:
+        """Several independent stages on a CPU-only machine with more than one core, in one process (not
+        under accelerate, whose processes already share the work)."""
+        import torch
+
+        return (
+            self.config.side_by_side and count > 1 and (os.cpu_count() or 1) > 1
+            and self.runner.processes.world_size == 1 and not torch.cuda.is_available()
+        )
 
     def references(self) -> None:
         for ref in self.plan.references:
@@ -278,26 +337,23 @@ class _Study:
         if self.runner.processes.is_main:
             atomic_write_json(self.out / MANIFEST_FILE, _manifest(self.plan))
         path, model_key = self.target
+        unlearn_jobs = []
         for run in self.plan.runs:
             folder = self.out / run.folder
             key = {"bench": self.bench_key, "model": model_key, "run": asdict(run), "geffect": asdict(self.config.geffect),
                    "template": self.template, "dtype": self.config.model.dtype}
-            run_key = self.runner.run(
-                "unlearn", run.run_id, key, lambda r=run, f=folder: self._unlearn(r, path, f), (folder / "summary.json",),
-                everywhere=True,
-            )
+            options = unlearn_config(self.config, run, model=path, data=self.data, out=str(folder))
+            options.template = self.template
+            unlearn_jobs.append((run.run_id, key, stages.unlearn_run, (options, self.config.geffect), (folder / "summary.json",)))
+        run_keys = self._run_all("unlearn", unlearn_jobs, everywhere=True)
+        eval_jobs = []
+        for run, run_key in zip(self.plan.runs, run_keys):
             eval_folder = self.out / run.eval_dir
-            self.runner.run(
-                "evaluate", run.run_id,
-                {"run": run_key, "reference": self.reference_keys[run.forget_split], "eval": self.eval_options},
-                lambda r=run, f=folder, e=eval_folder: self._evaluate(str(f / "model"), r.forget_split, self.reference_files[r.forget_split], e),
-                (eval_folder / stages.SUMMARY_FILE,),
-            )
-
-    def _unlearn(self, run: RunPlan, target: str, folder: Path) -> None:
-        options = unlearn_config(self.config, run, model=target, data=self.data, out=str(folder))
-        options.template = self.template
-        stages.unlearn_run(options, self.config.geffect)
+            key = {"run": run_key, "reference": self.reference_keys[run.forget_split], "eval": self.eval_options}
+            args = (str(self.out / run.folder / "model"), self.data, run.forget_split, self.template,
+                    self.reference_files[run.forget_split], self.config.eval, eval_folder, self.config.model.dtype)
+            eval_jobs.append((run.run_id, key, stages.evaluate_model, args, (eval_folder / stages.SUMMARY_FILE,)))
+        self._run_all("evaluate", eval_jobs)
 
     def report(self) -> Path:
         """Tables, figures and index.html from the files above (always redone: cheap, and never stale)."""

@@ -6,8 +6,10 @@ the reports read everything back from disk.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from geffect.io import atomic_write_json
 from geffect.study.config import EvalSection, FinetuneSection, GEffectSection
@@ -20,6 +22,24 @@ def build_benchmark(folder: Path, authors: int, seed: int) -> None:
     from geffect.data.synth import write_benchmark
 
     write_benchmark(folder, n_authors=authors, seed=seed, overwrite=True)
+
+
+def in_worker(work: Callable[..., None], args: tuple, threads: int) -> float:
+    """Run `work(*args)` in a worker process of a side-by-side stage with `threads` torch threads and its
+    stderr (progress bars, warnings) silenced: several processes would interleave their bars, and the study
+    prints one line per finished stage. Errors still reach the study, as the exception `work` raised.
+    Returns the seconds `work` took."""
+    import sys
+    import time
+
+    import torch
+
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    with open(os.devnull, "w", encoding="utf-8") as quiet:
+        sys.stderr = quiet
+        work(*args)
+    return time.perf_counter() - started
 
 
 def finetune_model(base: str, data: str, split: str, folder: Path, options: FinetuneSection, template: str) -> None:
@@ -42,6 +62,7 @@ def finetune_model(base: str, data: str, split: str, folder: Path, options: Fine
         weight_decay=options.weight_decay,
         max_length=options.max_length,
         model_overrides=(options.tiny_overrides or None) if base == TINY_MODEL else None,
+        precision=options.precision,
     )
 
 

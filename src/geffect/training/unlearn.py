@@ -61,7 +61,7 @@ def unlearn(config: UnlearnConfig, callbacks: Sequence[StepCallback] = ()) -> Un
     # --- model, data, optimizer -----------------------------------------------------------------------
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
-    model = _with_lora(load_model(config.model, dtype=config.dtype), config).train()
+    model = with_lora(load_model(config.model, dtype=config.dtype), config).train()
     encode = dict(tokenizer=tokenizer, template=template, max_length=config.max_length)
     forget_items = encode_records(records=forget_records, **encode)
     retain_items = encode_records(records=retain_records, **encode)
@@ -291,7 +291,8 @@ def _check_resumable(run_dir: Path, config: UnlearnConfig, world_size: int) -> N
         raise UsageError(f"run {run_dir} ran on {saved['resolved']['world_size']} processes; resume it on as many (now {world_size})")
 
 
-def _with_lora(model, config: UnlearnConfig):
+def with_lora(model, config: UnlearnConfig):
+    """`model` wrapped with LoRA adapters (peft) when `config.lora_r` > 0, else unchanged."""
     if config.lora_r == 0:
         return model
     from peft import LoraConfig, get_peft_model
