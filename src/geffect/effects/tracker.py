@@ -54,6 +54,7 @@ class TrackerConfig:
     every: int = 1  # measure every K-th optimizer step
     estimator: str = "batch"  # batch | ema | full
     instances: bool = False  # per-item contributions (ghost dot products)
+    scatter: bool = False  # the paper's instance scatter: the objective split per forget item (implies instances)
     tokens: bool = False  # per-token contributions (one extra forward-mode pass per side)
     tensors: bool = False  # per-tensor breakdown in every line
     probe_size: int = 32  # retain probe items (full estimator; batch estimator when the step has no retain batch)
@@ -65,6 +66,8 @@ class TrackerConfig:
             raise UsageError(f"--geffect-every must be >= 1, got {self.every}")
         if self.estimator not in ESTIMATORS:
             raise UsageError(f"unknown --geffect-estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+        if self.scatter and not self.instances:
+            raise UsageError("the instance scatter needs per-item contributions: set instances too")
         if self.probe_size < 1 or self.probe_batch_size < 1:
             raise UsageError("--geffect-probe-size must be >= 1")
 
@@ -410,7 +413,7 @@ class GEffectTracker:
         forget item i. The split needs grad R_u and grad R_r as directions, so those sides then run a ghost
         backward that also returns the risk gradient, instead of a replay."""
         forget_batch, retain_batch = sides["u"][0], sides["r"][0]
-        forward = self._forget_forward(forget_batch, retain_batch)
+        forward = self._forget_forward(forget_batch, retain_batch) if self.config.scatter else None
         split = forward is not None
         a_f, a_r = linear if linear is not None else (None, None)
         effects: dict[str, SetEffect] = {}
@@ -546,6 +549,9 @@ def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--geffect-every", type=int, default=1, metavar="K", help="measure every K-th optimizer step (default 1)")
     group.add_argument("--geffect-estimator", choices=ESTIMATORS, default="batch", help="batch (step's mini-batch), ema (paper's smoothed gradients), full (whole forget set and retain probe)")
     group.add_argument("--geffect-instances", action="store_true", help="per-item contributions (ghost dot products)")
+    group.add_argument("--geffect-scatter", action="store_true",
+                       help="the paper's instance scatter: each forget item's part of the objective gradient against both "
+                            "risks (implies --geffect-instances; two more passes over the forget batch)")
     group.add_argument("--geffect-tokens", action="store_true", help="per-token contributions (one forward-mode pass per side)")
     group.add_argument("--geffect-tensors", action="store_true", help="per-tensor breakdown in every line")
     group.add_argument("--geffect-probe-size", type=int, default=32, metavar="N", help="retain probe items (default 32)")
@@ -558,7 +564,8 @@ def tracker_from_args(args: argparse.Namespace, forget_batches: Sequence[Batch] 
     config = TrackerConfig(
         every=args.geffect_every,
         estimator=args.geffect_estimator,
-        instances=args.geffect_instances or args.geffect_tokens,
+        instances=args.geffect_instances or args.geffect_tokens or args.geffect_scatter,
+        scatter=args.geffect_scatter,
         tokens=args.geffect_tokens,
         tensors=args.geffect_tensors,
         probe_size=args.geffect_probe_size,

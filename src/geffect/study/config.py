@@ -110,6 +110,7 @@ class GEffectSection:
     every: int = 1  # measure every K optimizer steps
     estimator: str = "batch"  # batch | ema | full
     instances: bool = False  # per-item contributions (the paper's instance-wise figures)
+    scatter: bool = False  # also the objective split per forget item (the paper's instance scatter); implies instances
     probe_size: int | None = None  # retain probe items for the `full` estimator (None: the engine's default)
 
 

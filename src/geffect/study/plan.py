@@ -247,7 +247,7 @@ def describe(plan: StudyPlan, out: str) -> list[str]:
         lines.append(f"  reference for {ref.forget_split}: {what}")
     lines.append(f"  evaluate the target model on {', '.join(r.forget_split for r in plan.references)}")
     g = config.geffect
-    tracking = f"G-effects every {g.every} step(s), estimator {g.estimator}" + (", per item" if g.instances else "") if g.enabled else "no G-effects"
+    tracking = f"G-effects every {g.every} step(s), estimator {g.estimator}" + (", per item" if g.instances or g.scatter else "") + (", instance scatter" if g.scatter else "") if g.enabled else "no G-effects"
     lines.append(f"  {len(plan.runs)} unlearning run(s), {tracking}, each then evaluated:")
     for run in plan.runs:
         t = run.training

@@ -112,7 +112,8 @@ def geffect_callbacks(options: GEffectSection) -> list:
         return []
     from geffect.effects.tracker import GEffectTracker, TrackerConfig
 
-    settings = {"every": options.every, "estimator": options.estimator, "instances": options.instances}
+    settings = {"every": options.every, "estimator": options.estimator, "instances": options.instances or options.scatter,
+                "scatter": options.scatter}
     if options.probe_size is not None:
         settings["probe_size"] = options.probe_size
     return [GEffectTracker(TrackerConfig(**settings))]
