@@ -378,11 +378,14 @@ class GEffectTracker:
         model, layout = run.model, self.layout
         n = count_tokens(batch["labels"])
         if self.config.instances and keep is None:
-            if risk is None or self.recorder is None or not self.recorder.has_captures:
-                # A new forward, with its own hooks; the step's captures stay for the other side.
-                if self.recorder is not None:
-                    self.recorder.stop()
+            if self.recorder is None:
                 return ghost_effect(model, layout, [batch], G, tokens=self.config.tokens, keep_gradient=want_gradient)
+            if risk is None or not self.recorder.has_captures:
+                # A new forward, recorded beside the step's (a forward of its own, found by its input ids);
+                # its backward reaches only its own captures.
+                self.recorder.start()
+                with torch.enable_grad():
+                    risk, _, _ = risk_terms(model, batch)
             result = self.recorder.backward(
                 risk.float() if risk.dtype != torch.float64 else risk, G, batch_size=batch["labels"].shape[0],
                 retain_graph=True, with_grads=want_gradient,
