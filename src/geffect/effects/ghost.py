@@ -52,13 +52,11 @@ def _per_item(t: torch.Tensor) -> torch.Tensor:
 
 
 def _item_dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Per-item <u_i, v_i> [B] float64 for u, v broadcastable to [B, ...]; fp32 accumulation below float64."""
+    """Per-item <u_i, v_i> [B] for u, v broadcastable to [B, ...], accumulated in float64."""
     u, v = torch.broadcast_tensors(u, v)
-    batch = u.shape[0]
-    if u.dtype == torch.float64:
-        return (u * v).reshape(batch, -1).sum(1)
-    # a batched matmul: no product-sized temporary, fp32 accumulation
-    return torch.bmm(u.reshape(batch, 1, -1), v.reshape(batch, -1, 1)).reshape(batch).double()
+    # The product-sized temporary is the size of the activations already held; summing it in float64 is ten
+    # times faster than a batched matrix-vector product at these shapes, and more accurate.
+    return (u * v).reshape(u.shape[0], -1).sum(1, dtype=torch.float64)
 
 
 def _first_input(args: tuple, kwargs: dict, *names: str) -> torch.Tensor:
