@@ -158,6 +158,9 @@ class StageRunner:
             futures = {pool.submit(stages.in_worker, item[5], item[6], threads): item for item in pending}
             for future in as_completed(futures):
                 prefix, name, key, key_hash, marker, _, _ = futures[future]
+                if future.exception() is not None:
+                    for other in futures:
+                        other.cancel()  # stop at the first failure, as one after the other would
                 seconds = future.result()
                 atomic_write_json(marker, {"key": key_hash, "inputs": key, "seconds": seconds, "finished": time.time()})
                 self.say(f"{prefix}: done in {seconds:.1f} s")
