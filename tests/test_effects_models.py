@@ -122,3 +122,24 @@ def test_decoder_layers_found_under_a_wrapper_and_frozen_parameters_skipped():
     assert not any(".0.mlp." in name for name in layout.names)
     assert "model.layers.0.self_attn.q_proj.weight" in layout.names
     assert set(GROUPS) == set(layout.describe()["groups"])
+
+
+def test_streamed_dots_equal_full_gradient_dots_and_keep_p_grad():
+    """Per-tensor dots streamed out of the backward (one tensor's gradient at a time) equal the dots of the
+    whole gradient, and the parameters' .grad (the step's G) is left exactly as it was."""
+    from geffect.effects.blocks import discover_layout
+    from geffect.effects.dots import streamed_dots, tensor_dots
+    from geffect.effects.tokens import risk_terms
+
+    model = tiny_model("llama", True)
+    layout = discover_layout(model)
+    direction = random_direction(layout, seed=5)
+    for p, g in zip(layout.params, random_direction(layout, seed=6)):
+        p.grad = g.clone()
+    before = [p.grad.clone() for p in layout.params]
+    batch = tiny_batch(3, 9)
+    risk, _, _ = risk_terms(model, batch)
+    expected = tensor_dots(torch.autograd.grad(risk, layout.params, allow_unused=True, retain_graph=True), direction)
+    streamed = streamed_dots(risk, layout.params, direction)
+    assert torch.allclose(streamed, expected, rtol=1e-12, atol=1e-15)
+    assert all(torch.equal(p.grad, b) for p, b in zip(layout.params, before))

@@ -62,6 +62,37 @@ def tensor_dots(left: Sequence[torch.Tensor | None], right: Sequence[torch.Tenso
     return torch.stack(values)
 
 
+def streamed_dots(risk: torch.Tensor, params: Sequence[torch.Tensor], right: Sequence[torch.Tensor | None], dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """`tensor_dots(grad risk, right)` without ever holding the whole gradient: each parameter's gradient is
+    dotted and dropped as soon as autograd has accumulated it (post-accumulate hooks), so the extra memory is
+    the largest single tensor's gradient instead of all of them. `p.grad` is set aside and restored.
+
+    Only for a plain single-process model: the backward accumulates into `.grad`, which would also trigger a
+    DDP reducer's hooks (the caller keeps `torch.autograd.grad` there).
+    """
+    device = risk.device
+    values = torch.zeros(len(params), dtype=dtype, device=device)
+    saved = [p.grad for p in params]
+    handles = []
+
+    def take(index: int, param: torch.Tensor) -> None:
+        if right[index] is not None:
+            values[index] += tensor_dot(param.grad, right[index], dtype)
+        param.grad = None
+
+    try:
+        for index, param in enumerate(params):
+            param.grad = None
+            handles.append(param.register_post_accumulate_grad_hook(lambda p, i=index: take(i, p)))
+        torch.autograd.backward(risk, inputs=list(params), retain_graph=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for param, grad in zip(params, saved):
+            param.grad = grad
+    return values
+
+
 @dataclass
 class Breakdown:
     """A G-effect split over parameter tensors, with its group, layer and total sums."""

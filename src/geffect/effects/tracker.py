@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import torch
 
 from geffect.effects.blocks import ParameterLayout, discover_layout
-from geffect.effects.dots import Breakdown, detect_reduce_mode, param_grads, reduce_partials, tensor_dots
+from geffect.effects.dots import Breakdown, detect_reduce_mode, param_grads, reduce_partials, streamed_dots, tensor_dots
 from geffect.effects.engine import SetEffect, split_tokens, ghost_effect, gradient_effect, item_contributions
 from geffect.effects.estimators import ESTIMATORS, GradientEma
 from geffect.effects.ghost import GhostRecorder
@@ -177,6 +177,7 @@ class GEffectTracker:
         self._handles: list = []
         self._main = True
         self._reduce = "none"
+        self._streamable = False
         self._linear_ok = True
         self._gamma: float | None = None
         self._busy = False  # inside after_backward: the tracker's own forwards must not drop the step's captures
@@ -187,6 +188,8 @@ class GEffectTracker:
         model = run.model
         self.layout = discover_layout(model)
         self._reduce = detect_reduce_mode(model)
+        # Per-tensor dots streamed out of the backward need a plain model: one process, parameters not sharded.
+        self._streamable = self._reduce == "none" and getattr(run.accelerator, "num_processes", 1) == 1
         accelerator = run.accelerator
         self._main = getattr(accelerator, "is_main_process", True)
         options = (run.config or {}).get("options", {})
@@ -396,11 +399,14 @@ class GEffectTracker:
         with torch.enable_grad():
             if risk is None:
                 risk, _, _ = risk_terms(model, batch)
-            grads = torch.autograd.grad(risk, layout.params, allow_unused=True, retain_graph=True)
-        dots = tensor_dots(grads, G)
-        if keep is not None:
-            keep.extend(grads)
-        del grads
+            if keep is None and self._streamable:
+                dots = streamed_dots(risk, layout.params, G)  # never more than one tensor's gradient
+            else:
+                grads = torch.autograd.grad(risk, layout.params, allow_unused=True, retain_graph=True)
+                dots = tensor_dots(grads, G)
+                if keep is not None:
+                    keep.extend(grads)
+                del grads
         effect = SetEffect(dots.cpu(), layout, float(risk.detach()), n)
         if self.config.tokens:
             ids = [int(i) for i in batch["index"]]
