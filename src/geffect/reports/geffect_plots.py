@@ -164,6 +164,22 @@ def weight_bins(weights: np.ndarray, count: int = WEIGHT_BINS) -> tuple[np.ndarr
     return index, edges
 
 
+def _scatter_by_weight(plt, ax, x: np.ndarray, y: np.ndarray, weights: np.ndarray, size: int) -> None:
+    """Forget items as points, one colour per objective-weight bin (NaN weight: an unweighted objective)."""
+    finite = np.isfinite(weights)
+    if finite.any():
+        bins, edges = weight_bins(weights[finite])
+        colours = plt.get_cmap("viridis")(np.linspace(0, 1, max(len(edges) - 1, 1)))
+        for b, colour in enumerate(colours):
+            mask = bins == b
+            if mask.any():
+                ax.scatter(x[finite][mask], y[finite][mask], s=size, color=colour, alpha=0.7,
+                           label=f"weight in [{edges[b]:.3g}, {edges[min(b + 1, len(edges) - 1)]:.3g}]")
+    if (~finite).any():
+        ax.scatter(x[~finite], y[~finite], s=size, color="tab:blue", alpha=0.6, label="forget item (unweighted objective)")
+    ax.legend(fontsize=7, title="objective weight of the item" if finite.any() else None, title_fontsize=8)
+
+
 def plot_instances(run: RunFiles, path: Path) -> Path | None:
     """Per-item G-effects (instance level): forget items' shares of e_u coloured by the objective's weight
     bin, and retain items' shares of e_r, one point per (item, measured step)."""
@@ -175,19 +191,7 @@ def plot_instances(run: RunFiles, path: Path) -> Path | None:
     ax = axes[0]
     if forget:
         steps, values, weights = (np.array([p[i] for p in forget], dtype=float) for i in (0, 2, 3))
-        finite = np.isfinite(weights)
-        if finite.any():
-            bins, edges = weight_bins(weights[finite])
-            colours = plt.get_cmap("viridis")(np.linspace(0, 1, max(len(edges) - 1, 1)))
-            for b, colour in enumerate(colours):
-                mask = bins == b
-                if mask.any():
-                    ax.scatter(steps[finite][mask], values[finite][mask], s=8, color=colour, alpha=0.7,
-                               label=f"weight in [{edges[b]:.3g}, {edges[min(b + 1, len(edges) - 1)]:.3g}]")
-            ax.legend(fontsize=7, title="objective weight of the item", title_fontsize=8)
-        if (~finite).any():
-            ax.scatter(steps[~finite], values[~finite], s=8, color="tab:blue", alpha=0.6, label="forget item (unweighted objective)")
-            ax.legend(fontsize=7)
+        _scatter_by_weight(plt, ax, steps, values, weights, size=8)
     _zero_line(ax)
     ax.set(xlabel=STEP_LABEL, ylabel="item's share of e_u (nat²)", title="forget items: unlearning PG-effects")
     ax = axes[1]
@@ -212,20 +216,9 @@ def plot_instance_scatter(run: RunFiles, path: Path) -> Path | None:
     plt = use_agg()
     fig, ax = plt.subplots(figsize=(6.2, 5), layout="constrained")
     e_u, e_r, weights = (np.array([p[i] for p in points], dtype=float) for i in range(3))
-    finite = np.isfinite(weights)
-    if finite.any():
-        bins, edges = weight_bins(weights[finite])
-        colours = plt.get_cmap("viridis")(np.linspace(0, 1, max(len(edges) - 1, 1)))
-        for b, colour in enumerate(colours):
-            mask = bins == b
-            if mask.any():
-                ax.scatter(e_u[finite][mask], e_r[finite][mask], s=10, color=colour, alpha=0.7,
-                           label=f"weight in [{edges[b]:.3g}, {edges[min(b + 1, len(edges) - 1)]:.3g}]")
-    if (~finite).any():
-        ax.scatter(e_u[~finite], e_r[~finite], s=10, color="tab:blue", alpha=0.6, label="forget item (unweighted objective)")
+    _scatter_by_weight(plt, ax, e_u, e_r, weights, size=10)
     ax.axvline(0.0, color="grey", linewidth=0.8)
     _zero_line(ax)
-    ax.legend(fontsize=7, title="objective weight of the item", title_fontsize=8)
     ax.set(xlabel="unlearning PG-effect ∇R(D_u)·∇L_i (nat²; < 0 removes)",
            ylabel="retaining PG-effect ∇R(D_r)·∇L_i (nat²; ≥ 0 keeps)",
            title="forget items: where each item's gradient pushes")
