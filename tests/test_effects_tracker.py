@@ -76,7 +76,7 @@ def _drive(tmp_path, method: str, config: TrackerConfig, steps: int = 2, retain:
 
 
 def test_ga_uses_the_free_linear_form_and_a_probe(tmp_path):
-    records, refs, _, _ = _drive(tmp_path, "GA", TrackerConfig(tensors=True), retain=False)
+    records, refs, _, _ = _drive(tmp_path, "GA", TrackerConfig(tensors=True, activation_budget=0), retain=False)
     assert [r["step"] for r in records] == [1, 2]
     for record, ref in zip(records, refs):
         assert linear_coefficients(ref["out"], 1.0, 1.0) == (-1.0, 0.0)
@@ -90,6 +90,42 @@ def test_ga_uses_the_free_linear_form_and_a_probe(tmp_path):
     expected = -1e-3 * (records[0]["e_u"]["total"] + records[1]["e_u"]["total"])
     assert records[1]["predicted_change"]["e_u"] == pytest.approx(expected)
     assert (tmp_path / "geffect_layout.json").exists()
+
+
+@pytest.mark.parametrize("instances", [False, True])
+def test_probe_micro_batches_within_the_activation_budget_give_the_same_numbers(tmp_path, instances):
+    """A budget below one item's activations runs the probe one item at a time; a budget of 0 in one forward."""
+    whole, _, _, _ = _drive(tmp_path / "whole", "GA", TrackerConfig(instances=instances, activation_budget=0), retain=False)
+    split, refs, _, _ = _drive(tmp_path / "split", "GA", TrackerConfig(instances=instances, activation_budget=1e-9), retain=False)
+    for a, b, ref in zip(whole, split, refs):
+        assert ref["forwards"] == 3  # the probe's three items, one forward each
+        assert b["e_r"]["total"] == pytest.approx(ref["e_r"], rel=1e-10)
+        assert b["e_r"]["layers"] == pytest.approx(a["e_r"]["layers"], rel=1e-10)
+        assert b["risk_r"] == pytest.approx(a["risk_r"], rel=1e-12)
+        if instances:
+            assert b["items_r"] == pytest.approx(a["items_r"], rel=1e-9)
+
+
+def test_the_activation_budget_sizes_micro_batches_from_the_measured_bytes():
+    from geffect.effects.budget import ActivationBudget
+
+    model = tiny_model("llama", False)
+    batch = tiny_batch(6, 9, seed=1, first_index=0)
+    layout = discover_layout(model)
+    one_item = ActivationBudget(1e12, layout.params)
+    with one_item.counting():
+        sizes = []
+        for micro in one_item.micro_batches(batch):
+            sizes.append(micro["labels"].shape[0])
+            risk, _, _ = risk_terms(model, micro)
+            risk.backward()
+    assert sizes == [1, 5]  # one item to measure, then the rest at once
+    per_item = one_item.bytes_per_token * batch["labels"].shape[1]
+    assert per_item > 0
+    two_items = ActivationBudget(2.5 * per_item, layout.params)
+    two_items.bytes_per_token = one_item.bytes_per_token
+    assert [m["labels"].shape[0] for m in two_items.micro_batches(batch)] == [2, 2, 2]
+    assert [m["index"].tolist() for m in two_items.micro_batches(batch)] == [[0, 1], [2, 3], [4, 5]]
 
 
 def test_graddiff_linear_form_matches_direct_gradients(tmp_path):
@@ -141,7 +177,7 @@ def test_linear_losses_get_instances_from_the_steps_own_backward(tmp_path, monke
     monkeypatch.setattr(GhostRecorder, "backward", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     retain = method != "GA"
     model_before = tiny_model("gpt2", True)  # the state _drive starts from, for the step-1 references
-    records, refs, _, _ = _drive(tmp_path, method, TrackerConfig(instances=True), steps=1, retain=retain)
+    records, refs, _, _ = _drive(tmp_path, method, TrackerConfig(instances=True, activation_budget=0), steps=1, retain=retain)
     assert len(calls) == (1 if method == "GA" else 0)
     record, ref = records[0], refs[0]
     assert "objective_items" not in record  # the scatter is asked for separately

@@ -32,6 +32,7 @@ from geffect.data.templates import Template, get_template, template_for_model
 from geffect.errors import UsageError
 from geffect.io import atomic_write_json
 from geffect.models import tiny as tiny_preset
+from geffect.models.answer_logits import accepts_logits_to_keep, answer_logits
 
 TINY_MODEL = "tiny"
 # Defaults for pretrained models: the TOFU paper's fine-tuning recipe (lr 1e-5, batch 16, 5 epochs).
@@ -115,12 +116,6 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    import inspect
-
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
-
-
 def answer_loss(model: torch.nn.Module, batch: dict, answers_only: bool) -> torch.Tensor:
     """Mean NLL over the answer tokens (labels != -100) of a right-padded batch, as `model(labels=...).loss`.
 
@@ -131,9 +126,7 @@ def answer_loss(model: torch.nn.Module, batch: dict, answers_only: bool) -> torc
     input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     if not answers_only:
         return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
-    start = max(int((labels != IGNORE_INDEX).int().argmax(1).min()) - 1, 0)
-    keep = torch.arange(start, labels.shape[1] - 1, device=labels.device)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
+    logits, start = answer_logits(model, {"input_ids": input_ids, "attention_mask": attention_mask}, labels)
     return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels[:, start + 1 :].flatten(), ignore_index=IGNORE_INDEX)
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from geffect.effects.blocks import ParameterLayout
-from geffect.effects.dots import Breakdown, reduce_partials, tensor_dots
+from geffect.effects.dots import Breakdown, reduce_partials, streamed_dots, tensor_dots
 from geffect.effects.ghost import GhostPass, GhostRecorder
 from geffect.effects.tokens import count_tokens, risk_terms, token_effects
 
@@ -72,8 +72,11 @@ def gradient_effect(
     G: list[torch.Tensor | None],
     n_total: int | None = None,
     dtype: torch.dtype = torch.float64,
+    stream: bool = False,
 ) -> SetEffect:
-    """e(D) per tensor from plain risk gradients, one batch (and one gradient) at a time."""
+    """e(D) per tensor from plain risk gradients, one batch (and one gradient) at a time; with `stream` (a
+    single-process model, see `streamed_dots`) one parameter's gradient at a time. Pass `n_total` when
+    `batches` is a generator (the token count of the whole set scales every batch's risk)."""
     n_total = n_total or total_tokens(batches)
     device = _device(model)
     per_tensor = torch.zeros(len(layout), dtype=dtype, device=device)
@@ -82,10 +85,13 @@ def gradient_effect(
         batch = _to_device(batch, device)
         with torch.enable_grad():
             risk, _, _ = risk_terms(model, batch, n_total)
-            grads = torch.autograd.grad(risk, layout.params, allow_unused=True)
-        per_tensor += tensor_dots(grads, G, dtype)
+            if stream:
+                per_tensor += streamed_dots(risk, layout.params, G, dtype, retain_graph=False)
+            else:
+                grads = torch.autograd.grad(risk, layout.params, allow_unused=True)
+                per_tensor += tensor_dots(grads, G, dtype)
+                del grads
         risk_sum += float(risk.detach())
-        del grads
     return SetEffect(per_tensor=per_tensor.cpu(), layout=layout, risk=risk_sum, n_tokens=n_total)
 
 
@@ -122,11 +128,11 @@ def ghost_effect(
         for batch in batches:
             batch = _to_device(batch, device)
             ids = _item_ids(batch)
-            recorder.clear()
+            mark = recorder.forward_count  # a shared recorder may hold other forwards' captures: keep them
             with torch.enable_grad(), recorder.recording():
                 risk, ce, _ = risk_terms(model, batch, n_total)
             result = recorder.backward(risk, G, batch_size=len(ids), with_grads=keep_gradient)
-            recorder.clear()
+            recorder.release_after(mark)
             if keep_gradient:
                 gradient = result.grads if gradient is None else [
                     a if b is None else b if a is None else a + b for a, b in zip(gradient, result.grads)

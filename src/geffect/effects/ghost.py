@@ -242,6 +242,19 @@ class GhostRecorder:
         self._captures.clear()
         self._forward_inputs.clear()
 
+    @property
+    def forward_count(self) -> int:
+        """How many forwards have been recorded so far (forward ids are 1, 2, ...)."""
+        return self._forward_id
+
+    def release_after(self, count: int) -> None:
+        """Drop the captures of the forwards recorded after the first `count` (finished ones), keep the rest."""
+        for capture in self._captures:
+            if capture.forward_id > count:
+                capture.release()
+        self._captures = [c for c in self._captures if c.forward_id <= count]
+        self._forward_inputs = {k: v for k, v in self._forward_inputs.items() if k <= count}
+
     def start(self) -> None:
         self._recording = True
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geffect.effects.blocks import ParameterLayout
+from geffect.models.answer_logits import answer_logits
 
 IGNORE_INDEX = -100
 MODEL_KEYS = ("input_ids", "attention_mask")
@@ -61,10 +62,15 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def risk_terms(model: nn.Module, batch: dict, n_total: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Forward `batch`; return (risk scaled by 1/n_total, per-token CE [B, T], n tokens in the batch)."""
-    logits = model(**model_inputs(batch)).logits
-    ce = token_nll(logits, batch["labels"])
-    n = count_tokens(batch["labels"])
+    """Forward `batch`; return (risk scaled by 1/n_total, per-token CE [B, T], n tokens in the batch).
+    Only the positions that predict answer tokens reach the vocabulary projection (`answer_logits`)."""
+    labels = batch["labels"]
+    logits, start = answer_logits(model, model_inputs(batch), labels)
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    target = labels[:, start + 1 :]
+    ce = F.cross_entropy(logits.to(dtype).flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
+    ce = F.pad(ce.reshape(target.shape), (start + 1, 0))
+    n = count_tokens(labels)
     return ce.sum() / (n_total or max(n, 1)), ce, n
 
 

@@ -37,7 +37,8 @@ import torch
 
 from geffect.effects.blocks import ParameterLayout, discover_layout
 from geffect.effects.dots import Breakdown, detect_reduce_mode, param_grads, reduce_partials, streamed_dots, tensor_dots
-from geffect.effects.engine import SetEffect, split_tokens, ghost_effect, gradient_effect, item_contributions
+from geffect.effects.budget import ActivationBudget
+from geffect.effects.engine import SetEffect, split_tokens, ghost_effect, gradient_effect, item_contributions, total_tokens
 from geffect.effects.estimators import ESTIMATORS, GradientEma
 from geffect.effects.ghost import GhostRecorder
 from geffect.effects.tokens import count_tokens, risk_terms, token_effects
@@ -59,6 +60,9 @@ class TrackerConfig:
     tensors: bool = False  # per-tensor breakdown in every line
     probe_size: int = 32  # retain probe items (full estimator; batch estimator when the step has no retain batch)
     probe_batch_size: int = 8
+    # The activations the tracker's own forwards keep for their backward (GA's retain probe, the `full`
+    # estimator's sets) stay under this many gradient copies: such batches run in micro-batches. 0: no limit.
+    activation_budget: float = 0.5
     filename: str = FILENAME
 
     def validate(self) -> None:
@@ -70,6 +74,8 @@ class TrackerConfig:
             raise UsageError("the instance scatter needs per-item contributions: set instances too")
         if self.probe_size < 1 or self.probe_batch_size < 1:
             raise UsageError("--geffect-probe-size must be >= 1")
+        if not self.activation_budget >= 0:
+            raise UsageError(f"--geffect-activation-budget must be >= 0 (gradient copies; 0 = no limit), got {self.activation_budget}")
 
 
 # -- structural linearity ------------------------------------------------------------------------------------
@@ -170,6 +176,7 @@ class GEffectTracker:
         self.probe_batches = list(probe_batches) if probe_batches is not None else None
         self.layout: ParameterLayout | None = None
         self.recorder: GhostRecorder | None = None
+        self.budget: ActivationBudget | None = None
         self.path: Path | None = None
         self._probe_cursor = 0
         self._predicted = {"u": 0.0, "r": 0.0}
@@ -187,6 +194,8 @@ class GEffectTracker:
     def on_train_begin(self, run) -> None:
         model = run.model
         self.layout = discover_layout(model)
+        gradient_bytes = sum(p.numel() * p.element_size() for p in self.layout.params)
+        self.budget = ActivationBudget(self.config.activation_budget * gradient_bytes, self.layout.params)
         self._reduce = detect_reduce_mode(model)
         # Per-tensor dots streamed out of the backward need a plain model: one process, parameters not sharded.
         self._streamable = self._reduce == "none" and getattr(run.accelerator, "num_processes", 1) == 1
@@ -314,10 +323,12 @@ class GEffectTracker:
             append_jsonl(self.path, json_safe(record))
 
     def _measure_set(self, run, batches: Sequence[Batch], G) -> SetEffect:
-        model = run.model
-        if self.config.instances:
-            return ghost_effect(model, self.layout, batches, G, tokens=self.config.tokens)
-        return gradient_effect(model, self.layout, batches, G)
+        """e on a set that needs forwards of its own, in micro-batches within the activation budget."""
+        model, n = run.model, total_tokens(batches)
+        with self.budget.counting():
+            if self.config.instances:
+                return ghost_effect(model, self.layout, self.budget.split(batches), G, n_total=n, tokens=self.config.tokens, recorder=self.recorder)
+            return gradient_effect(model, self.layout, self.budget.split(batches), G, n_total=n, stream=self._streamable)
 
     def _side_inputs(self, step) -> dict[str, tuple[Batch, torch.Tensor | None]]:
         out = step.loss_output
@@ -381,14 +392,13 @@ class GEffectTracker:
         model, layout = run.model, self.layout
         n = count_tokens(batch["labels"])
         if self.config.instances and keep is None:
-            if self.recorder is None:
-                return ghost_effect(model, layout, [batch], G, tokens=self.config.tokens, keep_gradient=want_gradient)
-            if risk is None or not self.recorder.has_captures:
-                # A new forward, recorded beside the step's (a forward of its own, found by its input ids);
-                # its backward reaches only its own captures.
-                self.recorder.start()
-                with torch.enable_grad():
-                    risk, _, _ = risk_terms(model, batch)
+            if risk is None or self.recorder is None or not self.recorder.has_captures:
+                # A forward of its own (recorded beside the step's, whose captures it keeps).
+                with self.budget.counting():
+                    return ghost_effect(
+                        model, layout, self.budget.micro_batches(batch), G, n_total=n, tokens=self.config.tokens,
+                        recorder=self.recorder, keep_gradient=want_gradient,
+                    )
             result = self.recorder.backward(
                 risk.float() if risk.dtype != torch.float64 else risk, G, batch_size=batch["labels"].shape[0],
                 retain_graph=True, with_grads=want_gradient,
@@ -396,18 +406,21 @@ class GEffectTracker:
             effect = self._ghost_side(run, batch, risk, G, result)
             effect.gradient = result.grads
             return effect
-        with torch.enable_grad():
-            if risk is None:
-                risk, _, _ = risk_terms(model, batch)
-            if keep is None and self._streamable:
-                dots = streamed_dots(risk, layout.params, G)  # never more than one tensor's gradient
-            else:
-                grads = torch.autograd.grad(risk, layout.params, allow_unused=True, retain_graph=True)
-                dots = tensor_dots(grads, G)
-                if keep is not None:
-                    keep.extend(grads)
-                del grads
-        effect = SetEffect(dots.cpu(), layout, float(risk.detach()), n)
+        if risk is None and keep is None:
+            effect = self._measure_set(run, [batch], G)
+        else:
+            with torch.enable_grad():
+                if risk is None:
+                    risk, _, _ = risk_terms(model, batch)
+                if keep is None and self._streamable:
+                    dots = streamed_dots(risk, layout.params, G)  # never more than one tensor's gradient
+                else:
+                    grads = torch.autograd.grad(risk, layout.params, allow_unused=True, retain_graph=True)
+                    dots = tensor_dots(grads, G)
+                    if keep is not None:
+                        keep.extend(grads)
+                    del grads
+            effect = SetEffect(dots.cpu(), layout, float(risk.detach()), n)
         if self.config.tokens:
             ids = [int(i) for i in batch["index"]]
             tokens = token_effects(model, layout, batch, G, n)
@@ -564,6 +577,9 @@ def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--geffect-tokens", action="store_true", help="per-token contributions (one forward-mode pass per side)")
     group.add_argument("--geffect-tensors", action="store_true", help="per-tensor breakdown in every line")
     group.add_argument("--geffect-probe-size", type=int, default=32, metavar="N", help="retain probe items (default 32)")
+    group.add_argument("--geffect-activation-budget", type=float, default=TrackerConfig.activation_budget, metavar="X",
+                       help="activations the tracker's own forwards (GA's retain probe, the full estimator) may keep, in "
+                            "gradient copies: larger batches run in micro-batches (default 0.5; 0 = no limit)")
 
 
 def tracker_from_args(args: argparse.Namespace, forget_batches: Sequence[Batch] | None = None, probe_batches: Sequence[Batch] | None = None) -> GEffectTracker | None:
@@ -578,5 +594,6 @@ def tracker_from_args(args: argparse.Namespace, forget_batches: Sequence[Batch] 
         tokens=args.geffect_tokens,
         tensors=args.geffect_tensors,
         probe_size=args.geffect_probe_size,
+        activation_budget=getattr(args, "geffect_activation_budget", TrackerConfig.activation_budget),
     )
     return GEffectTracker(config, forget_batches=forget_batches, probe_batches=probe_batches)
