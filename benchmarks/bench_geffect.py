@@ -7,11 +7,14 @@ scheme in the same loop: three separate forward and backward passes per batch (f
 retain risk), every gradient copied to the host and smoothed there (EMA 0.6/0.4), dot products on the host.
 
 Targets: tracked/untracked <= 1.6 for methods whose step has a retain pass (GradDiff, NPO+KL, WGA+KL), <= 2.2
-for GA; instances add <= 0.5; the tracker's extra peak memory <= one gradient copy. The `+scatter` column (instances plus the paper's instance scatter, the
-objective split per forget item, `--geffect-scatter`) is printed for information. With `--device cuda` it also prints the tracker's extra peak memory against the
-size of one gradient copy (target <= 1); on the CPU it measures the peak bytes of the tensors the tracker's
-measurement allocates and still holds (a dispatch mode that counts storages as they are made and freed, in
-separate short runs, since counting slows every operation down).
+for GA; instances add <= 0.5; the tracker's extra peak memory <= one gradient copy. The `+scatter` column
+(instances plus the paper's instance scatter, `--geffect-scatter`) is printed for information. Times are the
+median step of each run (warm-up left out), the fastest of the interleaved rounds.
+
+Memory: on CUDA, max_memory_allocated of the tracked run minus the untracked one; on the CPU, the peak bytes
+of the tensors the tracker's measurement allocates and still holds (a dispatch mode that counts storages as
+they are made and freed, in separate short runs, since counting slows every operation down). Both against
+the bytes of one gradient copy.
 
     python benchmarks/bench_geffect.py
     python benchmarks/bench_geffect.py --methods GA NPO+KL --steps 20 --rounds 2
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 import sys
 import tempfile
 import time
@@ -61,8 +65,10 @@ class StepClock:
         pass
 
     def seconds_per_step(self) -> float:
-        first, last = self.skip + 1, max(self.stamps)
-        return (self.stamps[last] - self.stamps[first]) / (last - first)
+        """The median step: this machine is shared, and one step slowed down by another process's burst
+        would move a mean by more than the tracker's cost differs between runs."""
+        steps = sorted(self.stamps)[self.skip :]
+        return statistics.median(self.stamps[b] - self.stamps[a] for a, b in zip(steps, steps[1:]))
 
 
 def _storage_key(tensor: torch.Tensor) -> int:
@@ -183,11 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", type=int, default=3, help="warm-up steps left out of the timing")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--authors", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=2, help="repetitions; the fastest of each variant counts")
+    parser.add_argument("--rounds", type=int, default=3, help="repetitions; the fastest of each variant counts")
     parser.add_argument("--no-paper", action="store_true", help="skip the paper-scheme column")
     args = parser.parse_args(argv)
 
-    work = Path(tempfile.mkdtemp(prefix="bench_geffect_"))
+    scratch = tempfile.TemporaryDirectory(prefix="bench_geffect_")  # removed when the script ends
+    work = Path(scratch.name)
     data, model_dir = work / "bench", work / "model"
     write_benchmark(data, n_authors=args.authors, seed=0)
     model, tokenizer = build_tiny(str(data), seed=0)
@@ -196,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     grad_bytes = sum(p.numel() * 4 for p in model.parameters())
     print(f"tiny preset model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
           f"torch threads {torch.get_num_threads()}; batch {args.batch_size}, grad_accum 1; "
-          f"{args.steps} steps ({args.skip} warm-up), best of {args.rounds}")
+          f"{args.steps} steps ({args.skip} warm-up), median step, best of {args.rounds} rounds")
     header = f"{'method':<10}{'untracked s/step':>18}{'tracked':>9}{'+instances':>12}{'+scatter':>10}{'paper':>8}{'limit':>7}"
     header += f"{'extra mem / grad':>18}{'(+instances)':>14}"
     print(header)

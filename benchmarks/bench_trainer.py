@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="bare loop without the logging forward of IdkPO")
     args = parser.parse_args(argv)
 
-    work = Path(tempfile.mkdtemp(prefix="bench_trainer_"))
+    scratch = tempfile.TemporaryDirectory(prefix="bench_trainer_")  # removed when the script ends
+    work = Path(scratch.name)
     data, model_dir = work / "bench", work / "model"
     write_benchmark(data, n_authors=args.authors, seed=0)
     model, tokenizer = build_tiny(str(data), seed=0)

@@ -14,6 +14,7 @@ from geffect.effects.blocks import discover_layout
 from geffect.effects.engine import total_tokens
 from geffect.effects.tokens import risk_terms
 from geffect.effects.tracker import GEffectTracker, TrackerConfig, add_tracking_arguments, linear_coefficients, tracker_from_args
+from geffect.errors import UsageError
 from geffect.io import read_jsonl
 from geffect.objectives import ObjectiveConfig, UnlearnBatch, build_objective, parse_method_spec
 from geffect.training.callbacks import RunContext, StepContext
@@ -261,5 +262,9 @@ def test_cli_arguments_build_the_tracker():
     args = parser.parse_args(["--track-geffect", "--geffect-every", "5", "--geffect-estimator", "ema", "--geffect-instances", "--geffect-probe-size", "8"])
     tracker = tracker_from_args(args)
     assert tracker.config == TrackerConfig(every=5, estimator="ema", instances=True, probe_size=8)
+    args = parser.parse_args(["--track-geffect", "--geffect-activation-budget", "0"])
+    assert tracker_from_args(args).config.activation_budget == 0
+    with pytest.raises(UsageError, match="activation-budget"):
+        tracker_from_args(parser.parse_args(["--track-geffect", "--geffect-activation-budget", "-1"]))
     with pytest.raises(Exception):
         TrackerConfig(every=0).validate()

@@ -43,6 +43,8 @@ def tensor_dot(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.floa
     peak of a streamed measurement), several times faster than a product and a sum, and the fp32 running sum
     is never longer than one chunk. Narrower dtypes are widened one chunk at a time.
     """
+    if a.dtype == b.dtype and a.dtype in (torch.float32, torch.float64) and a.numel() <= DOT_CHUNK:
+        return torch.dot(a.reshape(-1), b.reshape(-1)).to(dtype)  # the common case: one call, no conversions
     work = torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
     a, b = a.reshape(-1), b.reshape(-1)
     total = torch.zeros((), dtype=torch.float64, device=a.device)
@@ -77,14 +79,14 @@ def streamed_dots(
     Only for a plain single-process model: the backward accumulates into `.grad`, which would also trigger a
     DDP reducer's hooks (the caller keeps `torch.autograd.grad` there).
     """
-    device = risk.device
-    values = torch.zeros(len(params), dtype=dtype, device=device)
+    zero = torch.zeros((), dtype=dtype, device=risk.device)
+    values = [zero] * len(params)
     saved = [p.grad for p in params]
     handles = []
 
     def take(index: int, param: torch.Tensor) -> None:
         if right[index] is not None:
-            values[index] += tensor_dot(param.grad, right[index], dtype)
+            values[index] = values[index] + tensor_dot(param.grad, right[index], dtype)
         param.grad = None
 
     try:
@@ -97,7 +99,7 @@ def streamed_dots(
             handle.remove()
         for param, grad in zip(params, saved):
             param.grad = grad
-    return values
+    return torch.stack(values) if values else zero.reshape(0)
 
 
 @dataclass
