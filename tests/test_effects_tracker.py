@@ -127,6 +127,10 @@ def test_the_activation_budget_sizes_micro_batches_from_the_measured_bytes():
     two_items.bytes_per_token = one_item.bytes_per_token
     assert [m["labels"].shape[0] for m in two_items.micro_batches(batch)] == [2, 2, 2]
     assert [m["index"].tolist() for m in two_items.micro_batches(batch)] == [[0, 1], [2, 3], [4, 5]]
+    four = tiny_batch(4, 9, seed=2, first_index=0)
+    three_items = ActivationBudget(3.5 * per_item, layout.params)
+    three_items.bytes_per_token = one_item.bytes_per_token
+    assert [m["labels"].shape[0] for m in three_items.micro_batches(four)] == [2, 2]  # even sizes, not [3, 1]
 
 
 def test_graddiff_linear_form_matches_direct_gradients(tmp_path):

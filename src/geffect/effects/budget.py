@@ -13,7 +13,7 @@ by the token count of the whole batch, and dot products are linear.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -43,11 +43,15 @@ class ActivationBudget:
     """Splits batches so that one micro-batch's saved activations stay under `limit_bytes`.
 
     Use `counting()` around the code that runs the forwards, and iterate `micro_batches(batch)` inside it:
-    the generator reads the bytes saved since its last yield to learn the bytes per token.
+    the generator reads the bytes saved since its last yield to learn the bytes per token. `agree` maps a
+    measured figure to one all processes share (the maximum over ranks), so that every rank splits alike and
+    runs the same number of forwards (a DDP forward may hold a collective); the ranks must then split batches
+    with equal item counts (the tracker's probe and sets are the same on every rank).
     """
 
-    def __init__(self, limit_bytes: float, params: Sequence[torch.Tensor]):
+    def __init__(self, limit_bytes: float, params: Sequence[torch.Tensor], agree: Callable[[float], float] | None = None):
         self.limit_bytes = float(limit_bytes)
+        self.agree = agree
         self.bytes_per_token: float | None = None
         self._parameters = {_storage_key(p) for p in params}
         self._seen: set[int] = set()
@@ -76,14 +80,19 @@ class ActivationBudget:
         rows, length = batch["labels"].shape[0], batch["labels"].shape[1]
         start = 0
         while start < rows:
-            size = self.items_per_micro_batch(length) or rows
-            stop = min(rows, start + size)
+            left = rows - start
+            size = min(self.items_per_micro_batch(length) or left, left)
+            size = -(-left // -(-left // size))  # as many micro-batches as needed, of even sizes: [2, 2], not [3, 1]
+            stop = start + size
             self._seen.clear()
             self._saved = 0
             yield slice_batch(batch, start, stop) if (start, stop) != (0, rows) else batch
-            if self._saved:
+            if self.limit_bytes > 0:
                 measured = self._saved / ((stop - start) * length)
-                self.bytes_per_token = measured if self.bytes_per_token is None else max(self.bytes_per_token, measured)
+                if self.agree is not None:
+                    measured = self.agree(measured)
+                if measured > 0:
+                    self.bytes_per_token = max(self.bytes_per_token or 0.0, measured)
             start = stop
 
     def split(self, batches: Sequence[Batch]) -> Iterator[Batch]:

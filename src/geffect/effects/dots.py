@@ -170,6 +170,15 @@ def reduce_partials(partials: torch.Tensor, mode: str, weight: float | torch.Ten
     return (packed[:-1] / packed[-1]).reshape(partials.shape)
 
 
+def all_reduce_max(value: float, device: torch.device) -> float:
+    """The largest `value` over all processes (itself when there is one)."""
+    if not _distributed():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return float(tensor)
+
+
 def detect_reduce_mode(model: torch.nn.Module) -> str:
     """`sharded` when parameters are FSDP/ZeRO-3 shards, `data_parallel` under plain multi-process runs."""
     if not _distributed():

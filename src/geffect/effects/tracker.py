@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -36,7 +37,7 @@ from typing import Any, Sequence
 import torch
 
 from geffect.effects.blocks import ParameterLayout, discover_layout
-from geffect.effects.dots import Breakdown, detect_reduce_mode, param_grads, reduce_partials, streamed_dots, tensor_dots
+from geffect.effects.dots import Breakdown, all_reduce_max, detect_reduce_mode, param_grads, reduce_partials, streamed_dots, tensor_dots
 from geffect.effects.budget import ActivationBudget
 from geffect.effects.engine import SetEffect, split_tokens, ghost_effect, gradient_effect, item_contributions, total_tokens
 from geffect.effects.estimators import ESTIMATORS, GradientEma
@@ -62,7 +63,8 @@ class TrackerConfig:
     probe_batch_size: int = 8
     # The activations the tracker's own forwards keep for their backward (GA's retain probe, the `full`
     # estimator's sets) stay under this many gradient copies: such batches run in micro-batches. 0: no limit.
-    activation_budget: float = 0.5
+    # With the one streamed tensor gradient beside them, the tracker's extra memory stays near one copy.
+    activation_budget: float = 0.75
     filename: str = FILENAME
 
     def validate(self) -> None:
@@ -194,9 +196,10 @@ class GEffectTracker:
     def on_train_begin(self, run) -> None:
         model = run.model
         self.layout = discover_layout(model)
-        gradient_bytes = sum(p.numel() * p.element_size() for p in self.layout.params)
-        self.budget = ActivationBudget(self.config.activation_budget * gradient_bytes, self.layout.params)
         self._reduce = detect_reduce_mode(model)
+        gradient_bytes = sum(p.numel() * p.element_size() for p in self.layout.params)
+        agree = None if self._reduce == "none" else functools.partial(all_reduce_max, device=self._device())
+        self.budget = ActivationBudget(self.config.activation_budget * gradient_bytes, self.layout.params, agree)
         # Per-tensor dots streamed out of the backward need a plain model: one process, parameters not sharded.
         self._streamable = self._reduce == "none" and getattr(run.accelerator, "num_processes", 1) == 1
         accelerator = run.accelerator
@@ -579,7 +582,7 @@ def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--geffect-probe-size", type=int, default=32, metavar="N", help="retain probe items (default 32)")
     group.add_argument("--geffect-activation-budget", type=float, default=TrackerConfig.activation_budget, metavar="X",
                        help="activations the tracker's own forwards (GA's retain probe, the full estimator) may keep, in "
-                            "gradient copies: larger batches run in micro-batches (default 0.5; 0 = no limit)")
+                            "gradient copies: larger batches run in micro-batches (default 0.75; 0 = no limit)")
 
 
 def tracker_from_args(args: argparse.Namespace, forget_batches: Sequence[Batch] | None = None, probe_batches: Sequence[Batch] | None = None) -> GEffectTracker | None:
