@@ -185,11 +185,11 @@ def _cpu_peak(cfg: UnlearnConfig, tracker_config: TrackerConfig, steps: int = 4)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="*", default=METHODS)
-    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--skip", type=int, default=3, help="warm-up steps left out of the timing")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--authors", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=3, help="repetitions; the fastest of each variant counts")
+    parser.add_argument("--rounds", type=int, default=4, help="repetitions; the fastest of each variant counts")
     parser.add_argument("--no-paper", action="store_true", help="skip the paper-scheme column")
     args = parser.parse_args(argv)
 
