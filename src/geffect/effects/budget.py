@@ -12,6 +12,7 @@ by the token count of the whole batch, and dot products are linear.
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
@@ -81,8 +82,8 @@ class ActivationBudget:
         start = 0
         while start < rows:
             left = rows - start
-            size = min(self.items_per_micro_batch(length) or left, left)
-            size = -(-left // -(-left // size))  # as many micro-batches as needed, of even sizes: [2, 2], not [3, 1]
+            largest = min(self.items_per_micro_batch(length) or left, left)
+            size = math.ceil(left / math.ceil(left / largest))  # as few micro-batches, of even sizes: [2, 2], not [3, 1]
             stop = start + size
             self._seen.clear()
             self._saved = 0
