@@ -185,3 +185,28 @@ def test_plot_command_writes_pngs_and_rejects_a_folder_without_logs(tmp_path, mo
     assert cli_main.main(["plot", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "neither log.jsonl nor geffect.jsonl" in err
+
+
+def test_run_figures_have_labelled_axes_with_units_and_legends(tmp_path, monkeypatch):
+    """Each figure `geffect plot` draws, inspected before it is saved: every data axes has an x and a y label, a
+    G-effect or risk axis states its unit in parentheses, and a panel with several labelled series has a legend."""
+    import geffect.reports.geffect_plots as plots
+
+    figures = {}
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.setdefault(path.stem, fig) and save(fig, path))
+    run = tmp_path / "run"
+    write_run(run, seed=2)
+    plot_run(run)
+    assert set(figures) == RUN_FIGURES
+    for name, fig in figures.items():
+        data_axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>" and ax.axison]
+        assert data_axes, name
+        for ax in data_axes:
+            assert ax.get_xlabel() and ax.get_ylabel(), f"{name}: {ax.get_title()!r} lacks an axis label"
+            assert "(" in ax.get_ylabel() or "index" in ax.get_ylabel(), f"{name}: y label without unit: {ax.get_ylabel()!r}"
+            labelled = [h for h in ax.get_lines() + ax.collections if not h.get_label().startswith("_")]
+            if len(labelled) > 1:
+                assert ax.get_legend() is not None, f"{name}: {ax.get_title()!r} has several series but no legend"
+        for colorbar in [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]:
+            assert "(" in colorbar.get_ylabel(), f"{name}: colour bar without unit"
