@@ -36,6 +36,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from geffect.data.synth import write_benchmark
+from geffect.effects.budget import storage_key
 from geffect.effects.tracker import GEffectTracker, TrackerConfig
 from geffect.models.tiny import build_tiny
 from geffect.objectives.tokens import score
@@ -71,13 +72,6 @@ class StepClock:
         return statistics.median(self.stamps[b] - self.stamps[a] for a, b in zip(steps, steps[1:]))
 
 
-def _storage_key(tensor: torch.Tensor) -> int:
-    try:
-        return tensor.untyped_storage().data_ptr()
-    except RuntimeError:  # functorch wrappers (forward-mode duals) own no storage of their own
-        return 0
-
-
 class PeakLiveBytes(TorchDispatchMode):
     """Peak bytes of the CPU tensor storages created under the mode and still alive (freed ones are
     subtracted when their storage is collected)."""
@@ -93,10 +87,10 @@ class PeakLiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {_storage_key(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        inputs = {storage_key(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
         for tensor in tree_leaves(out):
             if isinstance(tensor, torch.Tensor) and tensor.device.type == "cpu":
-                key = _storage_key(tensor)
+                key = storage_key(tensor)
                 if key in inputs:  # a view (or in-place result) of an input: nothing allocated
                     continue
                 storage = tensor.untyped_storage()

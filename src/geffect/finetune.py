@@ -107,10 +107,14 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 for `bf16`, and for `auto` where the hardware has it; None (fp32) otherwise."""
+def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise UsageError(f"unknown --precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 for `bf16`, and for `auto` where the hardware has it; None (fp32) otherwise."""
+    check_precision(precision)
     if precision == "bf16" or (precision == "auto" and native_bf16(device)):
         return torch.bfloat16
     return None
@@ -351,8 +355,7 @@ def finetune(
     given = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "warmup_ratio": warmup_ratio,
              "weight_decay": weight_decay, "max_length": max_length, "precision": precision}
     settings.update({k: v for k, v in given.items() if v is not None})
-    if settings["precision"] not in PRECISIONS:
-        raise UsageError(f"unknown --precision {settings['precision']!r}; choose one of {', '.join(PRECISIONS)}")
+    check_precision(settings["precision"])  # before the data and the model are loaded
     for name in ("epochs", "batch_size", "max_length"):
         if settings[name] < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {settings[name]}")

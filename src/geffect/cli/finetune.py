@@ -21,7 +21,7 @@ def register(subparsers) -> None:
     parser.add_argument("--split", default="full", help="training split: full (target model) or retain90/95/99 (retain models)")
     parser.add_argument("--model", default="tiny", help="'tiny' (built from scratch on the data), a save_pretrained folder or a hub id")
     parser.add_argument("--out", required=True, help="output folder (refused if it exists, unless --overwrite)")
-    parser.add_argument("--epochs", type=int, default=None, help="default: 30 for tiny (TinyPreset), 5 otherwise")
+    parser.add_argument("--epochs", type=int, default=None, help="default: 14 for tiny (TinyPreset), 5 otherwise")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate; default: TinyPreset for tiny, 1e-5 otherwise")
     parser.add_argument("--batch-size", type=int, default=None, help="default: TinyPreset for tiny, 16 otherwise")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation (tiny) and data order")

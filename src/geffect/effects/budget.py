@@ -21,7 +21,8 @@ import torch
 Batch = dict
 
 
-def _storage_key(tensor: torch.Tensor) -> int:
+def storage_key(tensor: torch.Tensor) -> int:
+    """The address of the tensor's storage (0 for wrapper tensors that own none): views share it."""
     try:
         return tensor.untyped_storage().data_ptr()
     except (RuntimeError, NotImplementedError):  # wrapper tensors own no storage
@@ -54,12 +55,12 @@ class ActivationBudget:
         self.limit_bytes = float(limit_bytes)
         self.agree = agree
         self.bytes_per_token: float | None = None
-        self._parameters = {_storage_key(p) for p in params}
+        self._parameters = {storage_key(p) for p in params}
         self._seen: set[int] = set()
         self._saved = 0
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        key = _storage_key(tensor)
+        key = storage_key(tensor)
         if key and key not in self._parameters and key not in self._seen:
             self._seen.add(key)
             self._saved += tensor.untyped_storage().nbytes()

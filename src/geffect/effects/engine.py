@@ -137,15 +137,14 @@ def ghost_effect(
                 gradient = result.grads if gradient is None else [
                     a if b is None else b if a is None else a + b for a, b in zip(gradient, result.grads)
                 ]
-            item_values = item_contributions(model, layout, batch, G, n_total, result)
             per_tensor += result.per_tensor
             risk_sum += float(risk.detach())
-            counts = (batch["labels"][:, 1:] != -100).sum(1).tolist()
-            for item, value, count in zip(ids, item_values.tolist(), counts):
+            batch_items, batch_counts, batch_tokens = item_effects(model, layout, batch, G, n_total, result, tokens)
+            for item, value in batch_items.items():
                 items[item] = items.get(item, 0.0) + value
-                item_tokens[item] = item_tokens.get(item, 0) + count
+                item_tokens[item] = item_tokens.get(item, 0) + batch_counts[item]
             if tokens:
-                token_map.update(split_tokens(token_effects(model, layout, batch, G, n_total), batch["labels"], ids))
+                token_map.update(batch_tokens)
     finally:
         if own_recorder:
             recorder.remove()
@@ -153,6 +152,18 @@ def ghost_effect(
         per_tensor=per_tensor.cpu(), layout=layout, risk=risk_sum, n_tokens=n_total,
         items=items, tokens=token_map if tokens else None, item_tokens=item_tokens, gradient=gradient,
     )
+
+
+def item_effects(
+    model: nn.Module, layout: ParameterLayout, batch: Batch, G: list, n_total: int, result: GhostPass, tokens: bool = False
+) -> tuple[dict[int, float], dict[int, int], dict[int, list[float]] | None]:
+    """One batch's per-item contributions from its ghost pass, keyed by item id: (c_i, the item's number of
+    loss tokens, and with `tokens` its per-token contributions c_{i,t} from a forward-mode pass)."""
+    ids = _item_ids(batch)
+    values = item_contributions(model, layout, batch, G, n_total, result).tolist()
+    counts = (batch["labels"][:, 1:] != -100).sum(1).tolist()
+    token_map = split_tokens(token_effects(model, layout, batch, G, n_total), batch["labels"], ids) if tokens else None
+    return dict(zip(ids, values)), dict(zip(ids, counts)), token_map
 
 
 def item_contributions(model: nn.Module, layout: ParameterLayout, batch: Batch, G: list, n_total: int, result: GhostPass) -> torch.Tensor:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -236,11 +236,19 @@ class GhostRecorder:
         self._handles.clear()
         self.clear()
 
-    def clear(self) -> None:
+    def _release(self, doomed: Callable[[_Capture], bool], forward_ids: set[int]) -> None:
+        """Release and drop the captures `doomed` picks, and forget the inputs of `forward_ids`."""
+        kept = []
         for capture in self._captures:
-            capture.release()
-        self._captures.clear()
-        self._forward_inputs.clear()
+            if doomed(capture):
+                capture.release()
+            else:
+                kept.append(capture)
+        self._captures = kept
+        self._forward_inputs = {k: v for k, v in self._forward_inputs.items() if k not in forward_ids}
+
+    def clear(self) -> None:
+        self._release(lambda capture: True, set(self._forward_inputs))
 
     @property
     def forward_count(self) -> int:
@@ -249,11 +257,7 @@ class GhostRecorder:
 
     def release_after(self, count: int) -> None:
         """Drop the captures of the forwards recorded after the first `count` (finished ones), keep the rest."""
-        for capture in self._captures:
-            if capture.forward_id > count:
-                capture.release()
-        self._captures = [c for c in self._captures if c.forward_id <= count]
-        self._forward_inputs = {k: v for k, v in self._forward_inputs.items() if k <= count}
+        self._release(lambda capture: capture.forward_id > count, {k for k in self._forward_inputs if k > count})
 
     def start(self) -> None:
         self._recording = True
@@ -278,11 +282,7 @@ class GhostRecorder:
     def drop_stale(self) -> None:
         """Forget captures whose graph another backward already used (a finished micro-batch)."""
         stale = {c.forward_id for c in self._captures if c.reached_by_other_backward}
-        for capture in self._captures:
-            if capture.reached_by_other_backward:
-                capture.release()
-        self._captures = [c for c in self._captures if not c.reached_by_other_backward]
-        self._forward_inputs = {k: v for k, v in self._forward_inputs.items() if k not in stale}
+        self._release(lambda capture: capture.reached_by_other_backward, stale)
 
     @property
     def has_captures(self) -> bool:

@@ -39,7 +39,7 @@ import torch
 from geffect.effects.blocks import ParameterLayout, discover_layout
 from geffect.effects.dots import Breakdown, all_reduce_max, detect_reduce_mode, param_grads, reduce_partials, streamed_dots, tensor_dots
 from geffect.effects.budget import ActivationBudget
-from geffect.effects.engine import SetEffect, split_tokens, ghost_effect, gradient_effect, item_contributions, total_tokens
+from geffect.effects.engine import SetEffect, split_tokens, ghost_effect, gradient_effect, item_effects, total_tokens
 from geffect.effects.estimators import ESTIMATORS, GradientEma
 from geffect.effects.ghost import GhostRecorder
 from geffect.effects.tokens import count_tokens, risk_terms, token_effects
@@ -504,15 +504,9 @@ class GEffectTracker:
 
     def _ghost_side(self, run, batch: Batch, risk: torch.Tensor, G, result) -> SetEffect:
         """A side's SetEffect from a ghost pass over its batch: per tensor, per item (and per token)."""
-        model, layout = run.model, self.layout
         n = count_tokens(batch["labels"])
-        items_vec = item_contributions(model, layout, batch, G, n, result).tolist()
-        ids = [int(i) for i in batch["index"]]
-        counts = (batch["labels"][:, 1:] != -100).sum(1).tolist()
-        effect = SetEffect(result.per_tensor.cpu(), layout, float(risk.detach()), n, dict(zip(ids, items_vec)), None, dict(zip(ids, counts)))
-        if self.config.tokens:
-            effect.tokens = split_tokens(token_effects(model, layout, batch, G, n), batch["labels"], ids)
-        return effect
+        items, counts, tokens = item_effects(run.model, self.layout, batch, G, n, result, self.config.tokens)
+        return SetEffect(result.per_tensor.cpu(), self.layout, float(risk.detach()), n, items, tokens, counts)
 
     # -- the JSON line --------------------------------------------------------------------------------------------
     def _reduced(self, effect: SetEffect) -> SetEffect:
@@ -597,6 +591,6 @@ def tracker_from_args(args: argparse.Namespace, forget_batches: Sequence[Batch] 
         tokens=args.geffect_tokens,
         tensors=args.geffect_tensors,
         probe_size=args.geffect_probe_size,
-        activation_budget=getattr(args, "geffect_activation_budget", TrackerConfig.activation_budget),
+        activation_budget=args.geffect_activation_budget,
     )
     return GEffectTracker(config, forget_batches=forget_batches, probe_batches=probe_batches)
