@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from geffect.data.synth import write_benchmark
-from geffect.finetune import finetune
+from geffect.training.finetune import FinetuneConfig, finetune
 
 TIME_LIMIT_S = 300.0
 MIN_ACCURACY = 0.90
@@ -38,7 +38,7 @@ def train_one(data: str, split: str, out: str, seed: int, threads: int | None, p
     if threads:
         torch.set_num_threads(threads)
     started = time.perf_counter()
-    result = finetune(data, split, "tiny", out, seed=seed, overwrite=True, progress=progress)
+    result = finetune(FinetuneConfig(data=data, split=split, model="tiny", out=out, seed=seed, overwrite=True, progress=progress))
     return {
         "split": split,
         "train_s": round(result.train_seconds, 1),

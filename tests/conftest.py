@@ -2,6 +2,9 @@
 
 All are built once per test session, deterministically (same seed, same bytes/weights), on CPU, in a few
 seconds each. Tests must not modify the folders they get.
+
+Also the markers needs_tofu, needs_tofu_logs and needs_chromium: where those prerequisites are looked for, and
+the skip (or, with CI set, failure) when they are missing, are in tests/prerequisites.py.
 """
 
 from __future__ import annotations
@@ -10,11 +13,39 @@ from pathlib import Path
 
 import pytest
 
+from prerequisites import MARKERS, in_ci, missing_reasons
+
 FIXTURE_AUTHORS = 20  # 400 QA in full; forget10 = the last 2 authors (40 QA), retain90 = the other 360
 FIXTURE_SEED = 0
 # Small enough to train in seconds on two cores, large enough to memorise a good part of 20 authors.
 FIXTURE_MODEL = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2, "num_attention_heads": 4}
 FIXTURE_TRAINING = {"epochs": 16, "lr": 5e-3, "batch_size": 16, "seed": FIXTURE_SEED, "eval_limit": 0}
+
+_MISSING = pytest.StashKey[str]()
+
+
+def pytest_configure(config):
+    for name, (description, _) in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {description}; skipped when missing, failed when CI is set")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked needs_tofu / needs_tofu_logs / needs_chromium (see tests/prerequisites.py) whose prerequisite
+    is missing are skipped with the reason, or, when the environment variable CI is non-empty, fail with it."""
+    for item in items:
+        reasons = missing_reasons(item)
+        if not reasons:
+            continue
+        if in_ci():
+            item.stash[_MISSING] = "; ".join(reasons) + " (CI is set, so this fails instead of skipping)"
+        else:
+            item.add_marker(pytest.mark.skip(reason="; ".join(reasons)))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    if _MISSING in item.stash:
+        pytest.fail(item.stash[_MISSING], pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -32,10 +63,11 @@ def tiny_benchmark(tmp_path_factory) -> Path:
 
 
 def _finetuned(data: Path, split: str, tmp_path_factory) -> Path:
-    from geffect.finetune import finetune
+    from geffect.training.finetune import FinetuneConfig, finetune
 
     out = tmp_path_factory.mktemp("models") / split
-    finetune(str(data), split, "tiny", out, model_overrides=FIXTURE_MODEL, progress=False, **FIXTURE_TRAINING)
+    finetune(FinetuneConfig(data=str(data), split=split, model="tiny", out=str(out), model_overrides=FIXTURE_MODEL,
+                            progress=False, **FIXTURE_TRAINING))
     return out
 
 

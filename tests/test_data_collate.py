@@ -9,7 +9,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from geffect.data.collate import IGNORE_INDEX, QACollator, collate, encode_prompt, encode_qa, pad_token_id
+from geffect.data.collate import IGNORE_INDEX, collate, encode_prompt, encode_qa, pad_token_id
 from geffect.data.templates import TEMPLATES, get_template, template_for_model
 from geffect.errors import UsageError
 
@@ -111,7 +111,7 @@ def test_qa_collator_pad_id_falls_back_to_eos(tokenizer):
     assert pad_token_id(tokenizer) == PAD
     no_pad = make_tokenizer(with_pad=False)
     assert no_pad.pad_token_id is None and pad_token_id(no_pad) == EOS
-    batch = QACollator(no_pad, padding_side="left")(batch_items(no_pad))
+    batch = collate(batch_items(no_pad), pad_token_id(no_pad), padding_side="left")
     assert batch["input_ids"][1, 0].item() == EOS and batch["attention_mask"][1, 0].item() == 0
 
 

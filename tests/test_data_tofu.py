@@ -10,8 +10,9 @@ import pytest
 from geffect.cli import main as cli_main
 from geffect.data.tofu import SPLITS, available_splits, load_split, split_counts
 from geffect.errors import UsageError
+from prerequisites import TOFU_DIR
 
-TOFU = "/work/shared/data/tofu"
+TOFU = str(TOFU_DIR)  # the local TOFU copy: tests marked needs_tofu read it
 # From TOFU's SOURCE.md / the paper: 200 authors x 20 QA, forget = last 2/10/20 authors.
 REAL_COUNTS = {
     "full": 4000, "forget01": 40, "forget05": 200, "forget10": 400, "retain99": 3960, "retain95": 3800,
@@ -32,11 +33,13 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
+@pytest.mark.needs_tofu
 def test_real_tofu_counts():
     assert split_counts(TOFU) == REAL_COUNTS
     assert available_splits(TOFU) == list(SPLITS)
 
 
+@pytest.mark.needs_tofu
 def test_real_tofu_split_relations():
     full = load_split(TOFU, "full")
     assert load_split(TOFU, "forget10") == full[-400:]
@@ -46,12 +49,14 @@ def test_real_tofu_split_relations():
     assert all(len(r["perturbed_answer"]) == 3 for r in load_split(TOFU, "world_facts_perturbed"))
 
 
+@pytest.mark.needs_tofu
 def test_stats_cli_prints_one_json_object(data_cli, capsys):
     assert data_cli(["data", "stats", "--data", TOFU]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and json.loads(out) == REAL_COUNTS
 
 
+@pytest.mark.needs_tofu
 def test_unknown_split():
     with pytest.raises(UsageError, match="unknown split 'forget20'"):
         load_split(TOFU, "forget20")

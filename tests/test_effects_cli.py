@@ -11,7 +11,8 @@ import yaml
 from test_training_support import tiny_paths
 
 from geffect.cli.main import build_parser, main
-from geffect.cli.unlearn import build_callbacks, config_from_args
+from geffect.cli.unlearn import build_callbacks
+from geffect.cli.unlearn import unlearn_config as config_from_args
 from geffect.data.collate import collate, encode_qa, pad_token_id
 from geffect.data.templates import get_template
 from geffect.data.tofu import load_split

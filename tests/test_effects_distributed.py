@@ -14,7 +14,8 @@ from test_effects_models import random_direction, tiny_batch, tiny_model
 from geffect.effects.blocks import discover_layout
 from geffect.effects.budget import ActivationBudget
 from geffect.effects.dots import all_reduce_max, reduce_partials, tensor_dots
-from geffect.effects.engine import gradient_effect, reduce_effect, total_tokens
+from geffect.effects.engine import gradient_effect, total_tokens
+from geffect.effects.reduce import reduce_effect
 
 
 def _batches():

@@ -181,3 +181,58 @@ def test_cleared_captures_free_the_graph():
     gc.collect()
     assert all(ref() is None for ref in outputs)
     recorder.remove()
+
+
+def test_tangent_rules_are_looked_up_along_the_mro_with_a_forward_mode_fallback():
+    """Closed forms by module class (subclasses inherit them while the rule applies); anything else: None,
+    the forward-mode fallback. Registering a rule for a new class makes the recorder use it."""
+    from torch import nn
+
+    from geffect.effects.ghost import TANGENT_RULES, GhostRecorder, register_tangent_rule, tangent_rule
+
+    class MyLinear(nn.Linear):
+        pass
+
+    class MyLayerNorm(nn.LayerNorm):  # a subclass may change the forward: no closed form
+        pass
+
+    linear_rule = tangent_rule(nn.Linear(3, 2), {"weight", "bias"})
+    assert linear_rule is not None and tangent_rule(MyLinear(3, 2), {"weight"}) is linear_rule
+    assert tangent_rule(nn.LayerNorm(3), {"weight", "bias"}) is not None
+    assert tangent_rule(MyLayerNorm(3), {"weight", "bias"}) is None
+    assert tangent_rule(nn.Embedding(5, 3), {"weight"}) is not None
+    assert tangent_rule(nn.Embedding(5, 3, max_norm=1.0), {"weight"}) is None
+    assert tangent_rule(nn.Conv2d(1, 1, 1), {"weight", "bias"}) is None
+
+    class Scale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(3, dtype=torch.float64))
+
+        def forward(self, x):
+            return x * self.weight
+
+    calls = []
+
+    @register_tangent_rule(Scale)
+    def scale_terms(module, args, kwargs, delta, G):
+        calls.append(1)
+        return {"weight": (args[0] * G["weight"] * delta).reshape(delta.shape[0], -1).sum(1, dtype=torch.float64)}
+
+    try:
+        model = nn.Sequential(nn.Linear(3, 3, dtype=torch.float64), Scale())
+        layout = discover_layout(model)
+        G = random_direction(layout)
+        x = torch.randn(4, 3, dtype=torch.float64)
+        recorder = GhostRecorder(model, layout)
+        with torch.enable_grad(), recorder.recording():
+            risk = model(x).pow(2).sum()
+        result = recorder.backward(risk, G, batch_size=4)
+        recorder.remove()
+        assert calls
+        for row in range(4):
+            grads = torch.autograd.grad(model(x[row : row + 1]).pow(2).sum(), layout.params)
+            expected = torch.stack([(g * d).sum() for g, d in zip(grads, G)])
+            torch.testing.assert_close(result.per_item[:, row], expected, rtol=1e-10, atol=1e-12)
+    finally:
+        TANGENT_RULES.pop(Scale, None)

@@ -13,11 +13,16 @@ from test_effects_models import tiny_batch, tiny_model
 from geffect.effects.blocks import discover_layout
 from geffect.effects.engine import total_tokens
 from geffect.effects.tokens import risk_terms
-from geffect.effects.tracker import GEffectTracker, TrackerConfig, add_tracking_arguments, linear_coefficients, tracker_from_args
+from geffect.cli.unlearn import add_tracking_arguments, build_callbacks
+from geffect.effects.config import TrackerConfig
+from geffect.effects.sides import linear_coefficients
+from geffect.effects.tracker import GEffectTracker
 from geffect.errors import UsageError
 from geffect.io import read_jsonl
 from geffect.objectives import ObjectiveConfig, UnlearnBatch, build_objective, parse_method_spec
+from geffect.runfolder import RunFolder
 from geffect.training.callbacks import RunContext, StepContext
+from geffect.training.config import UnlearnConfig
 
 
 def _risk_grad(model, layout, batch) -> list[torch.Tensor]:
@@ -38,8 +43,9 @@ def _drive(tmp_path, method: str, config: TrackerConfig, steps: int = 2, retain:
     probe = [tiny_batch(3, 8, seed=40, first_index=500)]
     tracker = GEffectTracker(config, forget_batches=[tiny_batch(4, 9, seed=60, first_index=0)], probe_batches=probe)
     run = RunContext(
-        run_dir=tmp_path, model=model, accelerator=SimpleNamespace(is_main_process=True, num_processes=1),
-        objective=objective, ref_model=ref, tokenizer=None, config={"options": {"grad_accum": 1}}, total_steps=steps,
+        folder=RunFolder(tmp_path), model=model, accelerator=SimpleNamespace(is_main_process=True, num_processes=1),
+        objective=objective, ref_model=ref, tokenizer=None, total_steps=steps, template=None,
+        options=UnlearnConfig(model="tiny", data="unused", out=str(tmp_path), grad_accum=1),
     )
     tracker.on_train_begin(run)
     layout = discover_layout(model)
@@ -257,6 +263,11 @@ def test_full_estimator_and_every(tmp_path):
     assert len(records[0]["items_u"]) == 4 and len(records[0]["items_r"]) == 3
     assert sum(records[0]["items_u"].values()) == pytest.approx(records[0]["e_u"]["total"], rel=1e-10)
     assert records[0]["n_tokens_u"] == total_tokens([tiny_batch(4, 9, seed=60)])
+
+
+def tracker_from_args(args):
+    callbacks = build_callbacks(args)
+    return callbacks[0] if callbacks else None
 
 
 def test_cli_arguments_build_the_tracker():

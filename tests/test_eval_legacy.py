@@ -19,6 +19,8 @@ from geffect.errors import UsageError
 from geffect.evaluation import load_eval_file, summarize
 from test_eval_support import cli, legacy_log  # noqa: F401  (cli is a fixture)
 
+pytestmark = pytest.mark.needs_tofu_logs  # every test here reads the TOFU authors' logs
+
 NAMES = ("full", "retain90", "retain95", "retain99")
 FORGET_ITEMS = {"full": 300, "retain90": 300, "retain95": 200, "retain99": 40}
 VALID_PAIRS = [(a, b) for a, b in itertools.product(NAMES, NAMES) if FORGET_ITEMS[a] == FORGET_ITEMS[b]]

@@ -16,7 +16,7 @@ from geffect.errors import UsageError
 from geffect.evaluation import evaluate, summarize
 from geffect.evaluation.generation import generate_answers
 from geffect.evaluation.scoring import score_answers
-from test_eval_support import FORGET_SPLIT, cli, save_model, tiny_setup  # noqa: F401  (cli is a fixture)
+from test_eval_support import FORGET_SPLIT, cli, legacy_log, save_model, tiny_setup  # noqa: F401  (cli is a fixture)
 
 TEMPLATE = get_template("plain")
 MAX_NEW = 8
@@ -182,9 +182,20 @@ def test_cli_eval_and_summarize(cli, setup, model_dir, result, tmp_path):
     assert json.loads((out / "TOFU_SUMMARY.json").read_text())["forget_quality"] == 1.0
 
 
+def _base_argv(setup, model_dir) -> tuple:
+    return ("eval", "--model", model_dir, "--data", setup[0], "--forget", FORGET_SPLIT, "--max-new-tokens", 2)
+
+
+def _assert_each_refused(run, cases) -> None:
+    for argv, message in cases:
+        code, stdout, err = run(*argv)
+        assert code == 2, (argv, err)
+        assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
 def test_cli_bad_inputs(cli, setup, model_dir, result, tmp_path):
     data = setup[0]
-    base = ("eval", "--model", model_dir, "--data", data, "--forget", FORGET_SPLIT, "--max-new-tokens", 2)
+    base = _base_argv(setup, model_dir)
 
     no_tokenizer = tmp_path / "no_tokenizer"
     no_tokenizer.mkdir()
@@ -198,13 +209,18 @@ def test_cli_bad_inputs(cli, setup, model_dir, result, tmp_path):
         (("eval", "--model", no_tokenizer, "--data", data, "--out", tmp_path / "a"), "no tokenizer"),
         ((*base, "--retain-logs", tmp_path / "forget05.json", "--out", tmp_path / "b"), "is for forget05"),
         ((*base, "--retain-logs", tmp_path / "summary.json", "--out", tmp_path / "c"), "TOFU_SUMMARY"),
-        # the TOFU authors' retain99 log scores 40 forget01 items; this folder has 6
-        ((*base, "--retain-logs", "/work/shared/data/tofu-eval-logs/llama2-7b_retain99.json", "--out", tmp_path / "d"), "scores 40 forget items"),
         ((*base, "--ds-size", 0, "--out", tmp_path / "e"), "--ds-size"),
         (("eval", "--model", model_dir, "--out", tmp_path / "f"), "--data"),
         (("eval", "summarize", tmp_path / "missing.json"), "does not exist"),
     ]
-    for argv, message in cases:
-        code, stdout, err = cli(*argv)
-        assert code == 2, (argv, err)
-        assert len(err.strip().splitlines()) == 1 and message in err, err
+    _assert_each_refused(cli, cases)
+
+
+@pytest.mark.needs_tofu_logs
+def test_cli_bad_inputs_with_a_tofu_authors_log(cli, setup, model_dir, tmp_path):
+    base = _base_argv(setup, model_dir)
+    cases = [
+        # the TOFU authors' retain99 log scores 40 forget01 items; this folder has 6
+        ((*base, "--retain-logs", legacy_log("retain99"), "--out", tmp_path / "d"), "scores 40 forget items"),
+    ]
+    _assert_each_refused(cli, cases)

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from prerequisites import tofu_log
+
 FORGET_SPLIT = "forget01"
 
 _NAMES = ["José Ñúñez", "Anna-Lena O'Brien", "Hsiao Yun-Hwa", "Søren Ågård", "Maria da Silva", "Li Wei"]
@@ -93,12 +95,11 @@ def save_model(folder: Path, model, tokenizer) -> Path:
     return folder
 
 
-LEGACY_LOGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu-eval-logs"
-
-
 def legacy_log(name: str) -> Path:
-    """A reference log of the TOFU authors' Llama-2-7B models: full, retain90, retain95, retain99."""
-    return LEGACY_LOGS / f"llama2-7b_{name}.json"
+    """A reference log of the TOFU authors' Llama-2-7B models: full, retain90, retain95, retain99.
+
+    In $GEFFECT_TOFU_LOGS_DIR (tests/prerequisites.py); tests that read one are marked needs_tofu_logs."""
+    return tofu_log(name)
 
 
 @pytest.fixture

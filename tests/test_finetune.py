@@ -11,22 +11,23 @@ from safetensors.torch import load_file
 
 from geffect.cli.main import main
 from geffect.data.templates import get_template
-from geffect.errors import UsageError
-from geffect.finetune import (
-    TrainingDiverged,
+from geffect.errors import TrainingDiverged, UsageError
+from geffect.evaluation.generation import generate_answers
+from geffect.models.loading import load_model_and_tokenizer
+from geffect.models.tiny import build_tiny_model, train_tokenizer
+from geffect.training.finetune import (
+    FinetuneConfig,
     answer_loss,
     autocast_dtype,
     exact_match_accuracy,
     finetune,
     fixed_sample,
-    greedy_answers,
     length_grouped_batches,
     train,
 )
-from geffect.models.loading import load_model_and_tokenizer
-from geffect.models.tiny import build_tiny_model, train_tokenizer
+from prerequisites import TOFU_DIR
 
-TOFU = "/work/shared/data/tofu"
+TOFU = str(TOFU_DIR)  # the local TOFU copy: tests marked needs_tofu read it
 SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
 
 
@@ -122,7 +123,7 @@ def test_exact_match_counts_only_exact_answers():
     assert exact_match_accuracy(oracle, tokenizer, records, template, batch_size=2) == pytest.approx(3 / 5)
     assert exact_match_accuracy(oracle, tokenizer, records, template, batch_size=5) == pytest.approx(3 / 5)
     assert oracle.seen_padding_side == {"left"}
-    assert greedy_answers(oracle, tokenizer, ["Where is Paris?"], template) == ["Lyon is in France."]
+    assert generate_answers(oracle, tokenizer, template, ["Where is Paris?"]) == ["Lyon is in France."]
 
 
 def test_nan_loss_stops_training(tmp_path):
@@ -140,7 +141,7 @@ def test_nan_loss_stops_training(tmp_path):
 def _quick(data, out, split="retain90", **kw):
     settings = dict(model_overrides=SMALL, max_steps=3, batch_size=8, eval_limit=4, progress=False)
     settings.update(kw)
-    return finetune(str(data), split, "tiny", out, **settings)
+    return finetune(FinetuneConfig(data=str(data), split=split, model="tiny", out=out, **settings))
 
 
 def test_finetune_is_deterministic_and_refuses_existing_out(tiny_benchmark, tmp_path):
@@ -184,20 +185,21 @@ def test_batched_greedy_decoding_matches_one_by_one(tiny_target_model, tiny_benc
     model, tokenizer = load_model_and_tokenizer(str(tiny_target_model))
     questions = [r["question"] for r in load_split(str(tiny_benchmark), "forget10")[:6]]
     template = get_template("plain")
-    batched = greedy_answers(model, tokenizer, questions, template, batch_size=6, max_new_tokens=12)
-    single = [greedy_answers(model, tokenizer, [q], template, batch_size=1, max_new_tokens=12)[0] for q in questions]
+    batched = generate_answers(model, tokenizer, template, questions, batch_size=6, max_new_tokens=12)
+    single = [generate_answers(model, tokenizer, template, [q], batch_size=1, max_new_tokens=12)[0] for q in questions]
     assert batched == single
     assert any(batched)
 
 
 def test_finetune_a_local_model_folder(tiny_target_model, tiny_benchmark, tmp_path):
-    result = finetune(str(tiny_benchmark), "forget10", str(tiny_target_model), tmp_path / "more",
-                      max_steps=1, batch_size=4, eval_limit=2, progress=False)
+    result = finetune(FinetuneConfig(data=str(tiny_benchmark), split="forget10", model=str(tiny_target_model),
+                                     out=tmp_path / "more", max_steps=1, batch_size=4, eval_limit=2, progress=False))
     assert result.config["template"] == "plain" and result.config["lr"] == 1e-5 and result.steps == 1
     before, after = _weights(Path(tiny_target_model)), _weights(tmp_path / "more")
     assert before.keys() == after.keys() and not all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.needs_tofu
 def test_cli_on_tofu(tmp_path, capsys):
     out = tmp_path / "tofu-tiny"
     code = main(["finetune", "--data", TOFU, "--split", "full", "--model", "tiny", "--max-steps", "2",
@@ -220,12 +222,13 @@ def _bad_data(tmp_path) -> str:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--split", "fulll"], "unknown split"),
+        # every case that keeps --data at TOFU reads the local TOFU copy
+        pytest.param(["--split", "fulll"], "unknown split", marks=pytest.mark.needs_tofu),
         (["--data", "/no/such/folder"], "does not exist"),
-        (["--model", "not a model"], "unknown model"),
-        (["--model", "tinyy"], "unknown model"),
+        pytest.param(["--model", "not a model"], "unknown model", marks=pytest.mark.needs_tofu),
+        pytest.param(["--model", "tinyy"], "unknown model", marks=pytest.mark.needs_tofu),
         (["--data", "BAD"], "lacks field"),
-        (["--epochs", "0"], "--epochs"),
+        pytest.param(["--epochs", "0"], "--epochs", marks=pytest.mark.needs_tofu),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, args, message):

@@ -193,8 +193,8 @@ def test_run_figures_have_labelled_axes_with_units_and_legends(tmp_path, monkeyp
     import geffect.reports.geffect_plots as plots
 
     figures = {}
-    save = plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.setdefault(path.stem, fig) and save(fig, path))
+    save = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.setdefault(path.stem, fig) and save(fig, path))
     run = tmp_path / "run"
     write_run(run, seed=2)
     plot_run(run)

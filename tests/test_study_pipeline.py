@@ -18,7 +18,7 @@ def tiny_study(methods) -> dict:
     return {
         "name": "e2e",
         "benchmark": {"builtin": {"authors": 10, "seed": 0}},
-        "model": {"base": "tiny", "finetune": {"epochs": 1, "max_steps": 2, "batch_size": 8, "eval_limit": 0, "tiny_overrides": TINY_ARCH}},
+        "model": {"base": "tiny", "finetune": {"epochs": 1, "max_steps": 2, "batch_size": 8, "eval_limit": 0, "model_overrides": TINY_ARCH}},
         "methods": methods,
         "training": {"epochs": 1, "max_steps": 2, "batch_size": 4, "grad_accum": 1, "lr": 1e-3, "max_length": 96},
         "geffect": {"enabled": True, "every": 1, "estimator": "batch", "instances": True},

@@ -140,7 +140,8 @@ def test_rng_states_round_trip_without_pickle(tmp_path):
 def test_cli_options_map_onto_the_config():
     import argparse
 
-    from geffect.cli.unlearn import build_unlearn_parser, config_from_args, parse_hparams
+    from geffect.cli.unlearn import build_unlearn_parser, parse_hparams
+    from geffect.cli.unlearn import unlearn_config as config_from_args
 
     parser = build_unlearn_parser(argparse.ArgumentParser())
     args = parser.parse_args(

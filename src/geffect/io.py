@@ -46,14 +46,22 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def prepare_output_dir(path: str | os.PathLike, overwrite: bool, resume: bool = False) -> Path:
-    """Create an output folder; an existing non-empty one is refused unless `overwrite` (wiped) or `resume` (kept)."""
+def check_output_dir(path: str | os.PathLike, overwrite: bool) -> bool:
+    """Refuse (UsageError) a path that is not a folder, and a non-empty folder unless `overwrite`; touches
+    nothing. Returns whether a non-empty folder is there (the caller replaces or keeps it)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UsageError(f"output path {path} exists and is not a folder; choose another --out")
-    if path.exists() and any(path.iterdir()) and not resume:
-        if not overwrite:
-            raise UsageError(f"output folder {path} already exists; pass --overwrite to replace it or choose another --out")
+    occupied = path.exists() and any(path.iterdir())
+    if occupied and not overwrite:
+        raise UsageError(f"output folder {path} already exists; pass --overwrite to replace it or choose another --out")
+    return occupied
+
+
+def prepare_output_dir(path: str | os.PathLike, overwrite: bool, resume: bool = False) -> Path:
+    """Create an output folder; an existing non-empty one is refused unless `overwrite` (wiped) or `resume` (kept)."""
+    path = Path(path)
+    if check_output_dir(path, overwrite or resume) and not resume:
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 from geffect.errors import UsageError
+from geffect.cli.unlearn import add_objective_arguments
 
 HELP = "G-effects of saved checkpoints (one geffect.jsonl line per checkpoint), or --validate: the first-order check"
 
@@ -37,13 +38,7 @@ def build_effects_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     what.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
     objective = parser.add_argument_group("objective")
-    objective.add_argument("--method", required=True, help="GA, GradDiff, NPO, SimNPO, IdkPO, DPO, RMU, WGA, TNPO, WTNPO, SatImp, UNDIAL; or METHOD+RETAIN")
-    objective.add_argument("--retain-loss", default=None, help="none, NLL (GD), KL or MSE; default: the method's")
-    objective.add_argument("--beta", type=float, default=None, help="the method's beta (shorthand for --hparam beta=B)")
-    objective.add_argument("--gamma", type=float, default=1.0, help="weight of the forget loss (default 1)")
-    objective.add_argument("--alpha", type=float, default=1.0, help="weight of the retain loss (default 1)")
-    objective.add_argument("--hparam", action="append", default=[], metavar="KEY=VALUE", help="any method hyper-parameter; repeatable")
-    objective.add_argument("--kl-mask", default="answer", help="KL over answer tokens ('answer', default) or every position ('all')")
+    add_objective_arguments(objective)
     objective.add_argument("--reference", default=None, metavar="DIR", help="pi_ref for objectives that need one (default: the run's starting model, else the first checkpoint; --validate: the model itself)")
 
     how = parser.add_argument_group("estimator")
@@ -65,19 +60,10 @@ def build_effects_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 
 def _objective(args: argparse.Namespace):
     from geffect.cli.unlearn import parse_hparams
-    from geffect.objectives import ObjectiveConfig, build_objective, parse_method_spec
+    from geffect.objectives import build_objective, objective_config
 
-    method, spec_retain = parse_method_spec(args.method)
-    if spec_retain is not None and args.retain_loss is not None and spec_retain.lower() != args.retain_loss.lower():
-        raise UsageError(f"--method {args.method} names retain loss {spec_retain} but --retain-loss is {args.retain_loss}; give one")
-    return build_objective(ObjectiveConfig(
-        method=method,
-        retain_loss=args.retain_loss if args.retain_loss is not None else spec_retain,
-        gamma=args.gamma,
-        alpha=args.alpha,
-        hparams=parse_hparams(args.hparam, args.beta),
-        kl_mask=args.kl_mask,
-    ))
+    hparams = parse_hparams(args.hparams, args.beta)
+    return build_objective(objective_config(args.method, args.retain_loss, args.gamma, args.alpha, hparams, args.kl_mask))
 
 
 def _options(args: argparse.Namespace, dtype: str | None):

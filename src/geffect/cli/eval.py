@@ -9,11 +9,12 @@ import sys
 from geffect.data.templates import TEMPLATES, get_template, template_for_model
 from geffect.data.tofu import FORGET_SPLITS
 from geffect.errors import UsageError
-from geffect.evaluation.generation import MAX_NEW_TOKENS
+from geffect.evaluation.config import EvalConfig
 from geffect.evaluation.logs import META_KEY, load_eval_file
-from geffect.evaluation.runner import DEFAULT_BATCH_SIZE, evaluate, plan_evaluation
+from geffect.evaluation.runner import evaluate, plan_evaluation
 from geffect.evaluation.summary import summarize
 from geffect.io import atomic_write_json, prepare_output_dir
+from geffect.options import add_arguments, from_args
 
 EVAL_FILE = "TOFU_EVAL.json"
 SUMMARY_FILE = "TOFU_SUMMARY.json"
@@ -37,9 +38,7 @@ def register(subparsers) -> None:
         help="the retain model's TOFU_EVAL.json (ours or OpenUnlearning's) or legacy eval_log_aggregated.json; "
         "without it forget quality and privleak are null",
     )
-    parser.add_argument("--ds-size", type=int, default=None, help="score only the first N items of each set (legacy TOFU: 300); default all")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    parser.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="greedy generation length for ROUGE (default 200)")
+    add_arguments(parser, EvalConfig)
     parser.add_argument("--template", choices=sorted(TEMPLATES), help="prompt template (default: from the model name, else plain)")
     parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16, float64")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
@@ -65,14 +64,12 @@ def run(args: argparse.Namespace) -> int:
     missing = [flag for flag, value in (("--model", args.model), ("--data", args.data), ("--out", args.out)) if not value]
     if missing:
         raise UsageError(f"geffect eval needs {', '.join(missing)}; or run `geffect eval summarize FILE` on a saved evaluation")
-    if args.ds_size is not None and args.ds_size < 1:
-        raise UsageError(f"--ds-size must be a positive number of items, got {args.ds_size}")
-    if args.batch_size < 1 or args.max_new_tokens < 1:
-        raise UsageError("--batch-size and --max-new-tokens must be positive")
+    scoring = from_args(EvalConfig, args)
+    scoring.validate()
     check_model_source(args.model)
     template = get_template(args.template) if args.template else template_for_model(args.model)
     # Every input check before the (slow) model load.
-    retain = plan_evaluation(args.data, args.forget, template, args.retain_logs, args.ds_size, args.max_new_tokens).retain
+    retain = plan_evaluation(args.data, args.forget, template, args.retain_logs, scoring.ds_size, scoring.max_new_tokens).retain
     out = prepare_output_dir(args.out, overwrite=args.overwrite)
 
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
@@ -84,9 +81,9 @@ def run(args: argparse.Namespace) -> int:
         args.forget,
         template,
         retain_logs=retain,
-        ds_size=args.ds_size,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
+        ds_size=scoring.ds_size,
+        batch_size=scoring.batch_size,
+        max_new_tokens=scoring.max_new_tokens,
     )
     result[META_KEY]["model"] = args.model
     summary = summarize(result, retain)

@@ -1,4 +1,5 @@
-"""`geffect` entry point: bad input ends with one line on stderr and exit code 2, never a traceback."""
+"""`geffect` entry point: bad input ends with one line on stderr and exit code 2, a diverged training run with
+one line and exit code 1, never a traceback."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 import sys
 
 from geffect import __version__
-from geffect.errors import UsageError
+from geffect.errors import TrainingDiverged, UsageError
 
 # Each module registers its own sub-command(s).
 COMMAND_MODULES = ("data", "finetune", "unlearn", "eval", "effects", "plot", "study", "demo")
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"geffect: error: {err}", file=sys.stderr)
         return 2
+    except TrainingDiverged as err:
+        print(f"geffect: stopped: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("geffect: interrupted", file=sys.stderr)
         return 130

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from geffect.runfolder import RunFolder
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("plot", help="write the G-effect figures (PNG) of an unlearning run folder")
-    parser.add_argument("run", help="an unlearning run folder (holding log.jsonl and geffect.jsonl)")
-    parser.add_argument("--out", help="folder for the PNG files (default: RUN/figures)")
+    parser.add_argument("run", help=f"an unlearning run folder (holding {RunFolder.LOG} and {RunFolder.GEFFECT})")
+    parser.add_argument("--out", help=f"folder for the PNG files (default: RUN/{RunFolder.FIGURES})")
     parser.set_defaults(func=run)
 
 

@@ -13,8 +13,8 @@ from typing import Sequence
 import torch
 
 from geffect.data.templates import Template
+from geffect.tokens import IGNORE_INDEX, Batch
 
-IGNORE_INDEX = -100
 log = logging.getLogger(__name__)
 
 
@@ -54,7 +54,7 @@ def pad_token_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def collate(items: Sequence[EncodedItem], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+def collate(items: Sequence[EncodedItem], pad_id: int, padding_side: str = "right") -> Batch:
     """Pad a list of encoded items into a batch with input_ids, attention_mask, labels and index."""
     width = max(len(item.input_ids) for item in items)
     input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
@@ -72,14 +72,3 @@ def collate(items: Sequence[EncodedItem], pad_id: int, padding_side: str = "righ
         "labels": labels,
         "index": torch.tensor([item.index for item in items], dtype=torch.long),
     }
-
-
-class QACollator:
-    """Callable collator for `torch.utils.data.DataLoader` over `EncodedItem`s."""
-
-    def __init__(self, tokenizer, padding_side: str = "right"):
-        self.pad_id = pad_token_id(tokenizer)
-        self.padding_side = padding_side
-
-    def __call__(self, items: Sequence[EncodedItem]) -> dict[str, torch.Tensor]:
-        return collate(items, self.pad_id, self.padding_side)

@@ -8,17 +8,18 @@
 """
 
 from geffect.effects.blocks import GROUPS, ParameterLayout, TensorInfo, discover_layout, find_decoder_layers
+from geffect.effects.config import TrackerConfig
 from geffect.effects.dots import Breakdown, param_grads, reduce_partials, tensor_dots
 from geffect.effects.engine import SetEffect, ghost_effect, gradient_effect, total_tokens
 from geffect.effects.estimators import ESTIMATORS, GradientEma
 from geffect.effects.ghost import GhostRecorder
 from geffect.effects.tokens import token_effects
-from geffect.effects.tracker import GEffectTracker, TrackerConfig, add_tracking_arguments, tracker_from_args
+from geffect.effects.tracker import GEffectTracker
 from geffect.effects.validate import FirstOrderResult, first_order_check
 
 __all__ = [
     "Breakdown", "ESTIMATORS", "FirstOrderResult", "GEffectTracker", "GROUPS", "GhostRecorder", "GradientEma",
-    "ParameterLayout", "SetEffect", "TensorInfo", "TrackerConfig", "add_tracking_arguments", "discover_layout",
-    "find_decoder_layers", "first_order_check", "ghost_effect", "gradient_effect", "param_grads", "reduce_partials",
-    "tensor_dots", "token_effects", "total_tokens", "tracker_from_args",
+    "ParameterLayout", "SetEffect", "TensorInfo", "TrackerConfig", "discover_layout", "find_decoder_layers",
+    "first_order_check", "ghost_effect", "gradient_effect", "param_grads", "reduce_partials", "tensor_dots",
+    "token_effects", "total_tokens",
 ]

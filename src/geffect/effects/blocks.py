@@ -57,13 +57,6 @@ class ParameterLayout:
         """Position of a parameter (by identity), None when it is not tracked (frozen or foreign)."""
         return self._index.get(id(param))
 
-    def group_matrix(self, device=None, dtype=torch.float64) -> tuple[list[str], torch.Tensor]:
-        """A 0/1 matrix [groups, tensors] so that `matrix @ per_tensor` sums per group."""
-        matrix = torch.zeros(len(GROUPS), len(self.tensors), device=device, dtype=dtype)
-        for j, info in enumerate(self.tensors):
-            matrix[GROUPS.index(info.group), j] = 1
-        return list(GROUPS), matrix
-
     def describe(self) -> dict:
         """A JSON-ready summary: groups with tensor and element counts, layer count, tying."""
         groups = {g: {"tensors": 0, "numel": 0} for g in GROUPS}

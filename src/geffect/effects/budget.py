@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-Batch = dict
+from geffect.tokens import Batch
 
 
 def storage_key(tensor: torch.Tensor) -> int:

@@ -8,23 +8,11 @@ vector of per-tensor values and everything summed from it is float64.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import torch
 
 from geffect.effects.blocks import GROUPS, ParameterLayout
-
-GradientLike = Sequence[torch.Tensor | None] | Mapping[str, torch.Tensor | None]
-
-
-def as_list(grads: GradientLike, layout: ParameterLayout) -> list[torch.Tensor | None]:
-    """Gradients in layout order, from a list (already ordered) or a dict keyed by parameter name."""
-    if isinstance(grads, Mapping):
-        return [grads.get(name) for name in layout.names]
-    grads = list(grads)
-    if len(grads) != len(layout):
-        raise ValueError(f"expected {len(layout)} gradient tensors, got {len(grads)}")
-    return grads
 
 
 def param_grads(layout: ParameterLayout) -> list[torch.Tensor | None]:

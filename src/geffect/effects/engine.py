@@ -18,11 +18,10 @@ import torch
 from torch import nn
 
 from geffect.effects.blocks import ParameterLayout
-from geffect.effects.dots import Breakdown, reduce_partials, streamed_dots, tensor_dots
+from geffect.effects.dots import Breakdown, streamed_dots, tensor_dots
 from geffect.effects.ghost import GhostPass, GhostRecorder
 from geffect.effects.tokens import count_tokens, risk_terms, token_effects
-
-Batch = dict
+from geffect.tokens import Batch
 
 
 @dataclass
@@ -175,9 +174,3 @@ def item_contributions(model: nn.Module, layout: ParameterLayout, batch: Batch, 
     keep[list(only)] = False
     fallback = token_effects(model, layout, batch, G, n_total, only=only).sum(1)
     return result.per_item[keep].sum(0) + fallback
-
-
-def reduce_effect(effect: SetEffect, mode: str) -> SetEffect:
-    """All-reduce the per-tensor vector across processes (see `dots.reduce_partials`)."""
-    vector = reduce_partials(effect.per_tensor, mode, weight=float(effect.n_tokens))
-    return SetEffect(vector, effect.layout, effect.risk, effect.n_tokens, effect.items, effect.tokens, effect.item_tokens)

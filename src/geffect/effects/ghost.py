@@ -14,7 +14,8 @@ item's positions. One batched backward pass with hooks gives this for every item
   which is exact whatever its forward does, as long as items do not mix along dimension 0 (`nn.LayerNorm`
   has a closed form: normalised input times G_w, plus G_b). Norm scales are affine in their parameter, so
   f(p = G) - f(p = 0) is the same tangent for two plain forwards; that shortcut is taken for a module class
-  once it has matched `jvp` on real inputs (`GhostRecorder._generic_terms`).
+  once it has matched `jvp` on real inputs (`GhostRecorder._generic_terms`). The closed forms sit in a table
+  keyed by module class (`register_tangent_rule`, looked up along the MRO); anything else takes forward mode.
 
 The backward asks autograd only for the gradients of the "source" outputs (modules fed by no
 differentiable input, e.g. the embeddings), so no parameter gradient is ever materialised. A parameter
@@ -36,11 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from geffect.effects.blocks import ParameterLayout
+from geffect.effects.dots import tensor_dot
 
 try:  # GPT-2 style layers: y = x @ W + b with W stored [in, out]
     from transformers.pytorch_utils import Conv1D
 except ImportError:  # pragma: no cover - transformers is a dependency
-    Conv1D = ()
+    Conv1D = None
 
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -68,17 +70,51 @@ def _first_input(args: tuple, kwargs: dict, *names: str) -> torch.Tensor:
     raise RuntimeError("could not find the module input")
 
 
-# -- tangent terms per module kind: each returns {param_name: per-item vector [B]} ---------------------------
+# -- tangent rules per module kind: each returns {param_name: per-item vector [B]} -----------------------------
+#
+# A table keyed by module class, looked up along the class's MRO (as Opacus registers its per-layer grad
+# samplers): `tangent_rule(module)` gives the closed form registered for the nearest class, when that rule
+# applies to the module's own parameters; every other module takes the forward-mode fallback
+# (`GhostRecorder._generic_terms`).
 
-def _linear_terms(module: nn.Module, args: tuple, kwargs: dict, delta: torch.Tensor, G: dict) -> dict:
-    x = _first_input(args, kwargs, "input")
+TangentRule = Callable[[nn.Module, tuple, dict, torch.Tensor, dict], dict]
+Applies = Callable[[nn.Module, set], bool]
+TANGENT_RULES: dict[type, tuple[TangentRule, Applies]] = {}
+
+
+def register_tangent_rule(*module_types: type, applies: Applies = lambda module, own: True) -> Callable[[TangentRule], TangentRule]:
+    """Decorator: `rule` gives the per-item tangent terms of modules of `module_types` (and their subclasses)
+    whenever `applies(module, names of its own tracked parameters)`; otherwise the fallback runs."""
+
+    def register(rule: TangentRule) -> TangentRule:
+        for module_type in module_types:
+            TANGENT_RULES[module_type] = (rule, applies)
+        return rule
+
+    return register
+
+
+def tangent_rule(module: nn.Module, own: set) -> TangentRule | None:
+    """The rule registered for the nearest class in the module's MRO, or None (forward-mode fallback)."""
+    for cls in type(module).__mro__:
+        if cls in TANGENT_RULES:
+            rule, applies = TANGENT_RULES[cls]
+            return rule if applies(module, own) else None
+    return None
+
+
+def _weight_and_bias_only(module: nn.Module, own: set) -> bool:
+    return own <= {"weight", "bias"}
+
+
+def _matmul_terms(x: torch.Tensor, delta: torch.Tensor, G: dict, weight_in_out) -> dict:
+    """y = x W (+ b) with `weight_in_out(G_W)` the weight's tangent as [in, out]."""
     dt = _work_dtype(delta.dtype)
     d = delta.to(dt)
     out = {}
     if "weight" in G:
         # sum_t delta_t^T G a_t, projecting onto the smaller of the two sides (e.g. hidden, not vocabulary)
-        weight_g = G["weight"].to(dt)
-        weight_g = weight_g if isinstance(module, Conv1D) else weight_g.T  # [in, out]
+        weight_g = weight_in_out(G["weight"].to(dt))
         if weight_g.shape[1] > weight_g.shape[0]:
             out["weight"] = _item_dot(d @ weight_g.T, x.to(dt))
         else:
@@ -88,6 +124,19 @@ def _linear_terms(module: nn.Module, args: tuple, kwargs: dict, delta: torch.Ten
     return out
 
 
+@register_tangent_rule(nn.Linear, applies=_weight_and_bias_only)
+def _linear_terms(module: nn.Linear, args: tuple, kwargs: dict, delta: torch.Tensor, G: dict) -> dict:
+    return _matmul_terms(_first_input(args, kwargs, "input"), delta, G, lambda weight_g: weight_g.T)  # W is [out, in]
+
+
+if Conv1D is not None:
+
+    @register_tangent_rule(Conv1D, applies=_weight_and_bias_only)
+    def _conv1d_terms(module: nn.Module, args: tuple, kwargs: dict, delta: torch.Tensor, G: dict) -> dict:
+        return _matmul_terms(_first_input(args, kwargs, "input"), delta, G, lambda weight_g: weight_g)  # W is [in, out]
+
+
+@register_tangent_rule(nn.Embedding, applies=lambda module, own: module.max_norm is None)
 def _embedding_terms(module: nn.Embedding, args: tuple, kwargs: dict, delta: torch.Tensor, G: dict) -> dict:
     if "weight" not in G:
         return {}
@@ -99,6 +148,8 @@ def _embedding_terms(module: nn.Embedding, args: tuple, kwargs: dict, delta: tor
     return {"weight": _item_dot(rows, delta.to(dt))}
 
 
+# nn.LayerNorm itself only: a subclass may change the forward, so it takes the fallback.
+@register_tangent_rule(nn.LayerNorm, applies=lambda module, own: type(module) is nn.LayerNorm and own <= {"weight", "bias"})
 def _layer_norm_terms(module: nn.LayerNorm, args: tuple, kwargs: dict, delta: torch.Tensor, G: dict) -> dict:
     x = _first_input(args, kwargs, "input")
     dt = _work_dtype(delta.dtype)
@@ -348,12 +399,9 @@ class GhostRecorder:
         tangents = {n: G[i] for n, i in own.items() if G[i] is not None}
         if not tangents:
             return
-        if isinstance(module, (nn.Linear, Conv1D)) and set(own) <= {"weight", "bias"}:
-            terms = _linear_terms(module, capture.args, capture.kwargs, delta, tangents)
-        elif type(module) is nn.LayerNorm and set(own) <= {"weight", "bias"}:
-            terms = _layer_norm_terms(module, capture.args, capture.kwargs, delta, tangents)
-        elif isinstance(module, nn.Embedding) and module.max_norm is None:
-            terms = _embedding_terms(module, capture.args, capture.kwargs, delta, tangents)
+        rule = tangent_rule(module, set(own))
+        if rule is not None:
+            terms = rule(module, capture.args, capture.kwargs, delta, tangents)
         else:
             terms = self._generic_terms(module, capture.args, capture.kwargs, delta, tangents, k)
         for name, values in terms.items():
@@ -459,8 +507,6 @@ class GhostRecorder:
         finally:
             self._pass = None
             self._recording = was_recording
-        from geffect.effects.dots import tensor_dot
-
         by_tensor = dict(zip(wanted, grads[len(sources):]))
         for i in extra:
             if by_tensor[i] is not None:

@@ -25,13 +25,13 @@ from torch import nn
 from geffect.effects.blocks import discover_layout
 from geffect.effects.dots import param_grads
 from geffect.effects.engine import Batch, SetEffect, ghost_effect, gradient_effect
-from geffect.effects.tracker import json_safe, forget_item_weights
+from geffect.effects.records import effect_record, forget_item_weights
 from geffect.effects.validate import FirstOrderResult, first_order_check
 from geffect.errors import UsageError
 from geffect.objectives import Objective, UnlearnBatch
+from geffect.runfolder import RunFolder, json_safe
 
 ESTIMATORS = ("full", "batch")
-RUN_CONFIG, RUN_SUMMARY, RUN_LOG, RUN_MODEL = "config.yaml", "summary.json", "log.jsonl", "model"
 
 
 # -- which folders ---------------------------------------------------------------------------------------------
@@ -47,26 +47,21 @@ class Checkpoint:
 
 def run_document(run_dir: Path | None) -> dict:
     """The run's config.yaml ({"options", "resolved", ...}), or {} outside a run."""
-    import yaml
-
-    if run_dir is None or not (Path(run_dir) / RUN_CONFIG).exists():
+    if run_dir is None:
         return {}
-    document = yaml.safe_load((Path(run_dir) / RUN_CONFIG).read_text(encoding="utf-8")) or {}
+    document = RunFolder(run_dir).read_config()
     return document if isinstance(document, dict) and "options" in document else {}
 
 
 def _final_step(run_dir: Path) -> int | None:
-    summary = Path(run_dir) / RUN_SUMMARY
-    if summary.exists():
-        return json.loads(summary.read_text(encoding="utf-8")).get("steps")
-    return None
+    return RunFolder(run_dir).read_summary().get("steps")
 
 
 def _run_checkpoints(run_dir: Path) -> list[Checkpoint]:
     from geffect.training.checkpoint import list_checkpoints
 
     found = [Checkpoint(path, step, run_dir, state=True) for step, path in list_checkpoints(run_dir)]
-    final = run_dir / RUN_MODEL
+    final = RunFolder(run_dir).model_dir
     if (final / "config.json").exists():
         step = _final_step(run_dir)
         if step is None or step not in {c.step for c in found}:
@@ -79,7 +74,8 @@ def _run_checkpoints(run_dir: Path) -> list[Checkpoint]:
 
 
 def _is_run(path: Path) -> bool:
-    return bool(run_document(path)) and ((path / "checkpoints").is_dir() or (path / RUN_MODEL).is_dir())
+    folder = RunFolder(path)
+    return bool(run_document(path)) and (folder.checkpoints_dir.is_dir() or folder.model_dir.is_dir())
 
 
 def expand_checkpoints(paths: Sequence[str | Path]) -> list[Checkpoint]:
@@ -99,11 +95,11 @@ def expand_checkpoints(paths: Sequence[str | Path]) -> list[Checkpoint]:
         elif (path / TRAINER_STATE).exists():
             run_dir = path.parent.parent
             if not run_document(run_dir):
-                raise UsageError(f"checkpoint {path} is not inside its run folder (no {run_dir / RUN_CONFIG}); its model architecture is unknown")
+                raise UsageError(f"checkpoint {path} is not inside its run folder (no {RunFolder(run_dir).config_path}); its model architecture is unknown")
             step = json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))["step"]
             result.append(Checkpoint(path, int(step), run_dir, state=True))
         elif (path / "config.json").exists():
-            run_dir = path.parent if path.name == RUN_MODEL and run_document(path.parent) else None
+            run_dir = path.parent if path == RunFolder(path.parent).model_dir and run_document(path.parent) else None
             digits = re.search(r"(\d+)$", path.name)
             step = _final_step(run_dir) if run_dir is not None else (int(digits.group(1)) if digits else None)
             result.append(Checkpoint(path, step, run_dir))
@@ -136,12 +132,10 @@ def load_checkpoint_model(checkpoint: Checkpoint, dtype: str | None = None) -> n
             f"{checkpoint.path} holds no model.safetensors (a sharded FSDP/DeepSpeed state?); save it as a save_pretrained folder first"
         )
     model = load_model(options["model"], dtype=dtype or options.get("dtype"))
-    lora = int(options.get("lora_r") or 0) > 0
-    if lora:
-        from geffect.training.config import UnlearnConfig
-        from geffect.training.unlearn import with_lora
+    from geffect.models.lora import with_lora
 
-        model = with_lora(model, UnlearnConfig.from_dict(dict(options)))
+    rank = int(options.get("lora_r") or 0)
+    model = with_lora(model, rank, options.get("lora_alpha"))
     state = load_file(str(weights))
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = sorted(set(missing) - _shared_with(model, set(state)))
@@ -150,7 +144,7 @@ def load_checkpoint_model(checkpoint: Checkpoint, dtype: str | None = None) -> n
             f"checkpoint {checkpoint.path} does not fit the run's model {options['model']}: "
             f"missing {missing[:3]}, unexpected {list(unexpected)[:3]}"
         )
-    if lora:
+    if rank > 0:
         model = model.merge_and_unload()
     return model.eval()
 
@@ -282,33 +276,14 @@ def measure(model: nn.Module, objective: Objective, sets: EffectSets, ref_model,
     return effects, weights
 
 
-def effect_record(step: int | None, lr: float | None, estimator: str, effects: dict[str, SetEffect], weights: dict, tensors: bool = False) -> dict:
-    """One line in the schema of RUN/geffect.jsonl (docs/geffect-format.md)."""
-    record: dict = {"step": step, "lr": lr, "estimator": estimator}
-    for side in ("u", "r"):
-        effect = effects[side]
-        record[f"e_{side}"] = effect.breakdown.to_json(tensors=tensors)
-        record[f"risk_{side}"] = effect.risk
-        record[f"n_tokens_{side}"] = effect.n_tokens
-        if effect.items is not None:
-            record[f"items_{side}"] = {str(k): v for k, v in effect.items.items()}
-        if effect.tokens is not None:
-            record[f"tokens_{side}"] = {str(k): v for k, v in effect.tokens.items()}
-    if weights:
-        record["weights"] = weights
-    return record
-
-
 # -- over checkpoints ------------------------------------------------------------------------------------------
 
 
 def _next_lr(run_dir: Path | None, step: int | None) -> float | None:
     """The learning rate of the update that follows the checkpoint (step + 1), from the run's log."""
-    from geffect.io import read_jsonl
-
-    if run_dir is None or step is None or not (Path(run_dir) / RUN_LOG).exists():
+    if run_dir is None or step is None:
         return None
-    for record in read_jsonl(Path(run_dir) / RUN_LOG):
+    for record in RunFolder(run_dir).read_log():
         if record.get("step") == step + 1:
             return record.get("lr")
     return None
@@ -388,7 +363,7 @@ def posthoc_effects(plan: PosthocPlan, progress: bool = True) -> Iterator[dict]:
         objective.setup(model, torch.Generator().manual_seed(plan.seed))  # RMU's u: the run's, from its seed
         effects, weights = measure(model, objective, sets, ref_model, options.instances, options.tokens)
         step = checkpoint.step if checkpoint.step is not None else position
-        record = effect_record(step, _next_lr(checkpoint.run_dir, checkpoint.step), sets.estimator, effects, weights, options.tensors)
+        record = effect_record(step, _next_lr(checkpoint.run_dir, checkpoint.step), sets.estimator, effects, options.tensors, weights=weights)
         record.update(checkpoint=str(checkpoint.path), method=objective.name, seconds=time.perf_counter() - started)
         bar.set_postfix(e_u=f"{record['e_u']['total']:.3g}", e_r=f"{record['e_r']['total']:.3g}", refresh=False)
         del model

@@ -27,8 +27,8 @@ from torch import nn
 
 from geffect.effects.blocks import ParameterLayout
 from geffect.models.answer_logits import answer_logits
+from geffect.tokens import IGNORE_INDEX, count_tokens
 
-IGNORE_INDEX = -100
 MODEL_KEYS = ("input_ids", "attention_mask")
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,6 @@ def model_inputs(batch: dict) -> dict:
 def shifted_labels(labels: torch.Tensor) -> torch.Tensor:
     """Labels aligned with the logits: position t of the result is the token predicted at t."""
     return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-
-
-def count_tokens(labels: torch.Tensor) -> int:
-    """Number of valid (loss-bearing) label tokens, with the causal shift."""
-    return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -12,12 +12,12 @@ from geffect.data.templates import Template, get_template
 from geffect.data.tofu import FORGET_SPLITS, HOLDOUT_FOR_FORGET, load_split
 from geffect.errors import UsageError
 from geffect.evaluation import metrics as m
+from geffect.evaluation.config import DEFAULT_BATCH_SIZE
 from geffect.evaluation.generation import MAX_NEW_TOKENS, generate_answers
 from geffect.evaluation.logs import EvalLog, check_retain_compatible, convention_label, eval_log_from_dict, load_eval_file
 from geffect.evaluation.registry import Entry
 from geffect.evaluation.scoring import TokenStats, score_answers
 
-DEFAULT_BATCH_SIZE = 32
 
 
 @dataclass(frozen=True)

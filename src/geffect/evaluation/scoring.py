@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from geffect.data.collate import IGNORE_INDEX, collate, encode_qa, pad_token_id
+from geffect.data.collate import collate, encode_qa, pad_token_id
+from geffect.tokens import IGNORE_INDEX
 from geffect.data.templates import Template
 from geffect.errors import UsageError
 

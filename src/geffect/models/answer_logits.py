@@ -12,7 +12,7 @@ import inspect
 
 import torch
 
-IGNORE_INDEX = -100
+from geffect.tokens import IGNORE_INDEX
 
 
 def accepts_logits_to_keep(model: torch.nn.Module) -> bool:

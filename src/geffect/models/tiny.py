@@ -11,7 +11,6 @@ every text that will ever be evaluated tokenizes into learned merges.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -121,11 +120,6 @@ def build_tiny_model(tokenizer, seed: int, **overrides):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
     return model
-
-
-def preset_with(**changes) -> TinyPreset:
-    """`TinyPreset` with some fields changed (unknown names raise TypeError)."""
-    return dataclasses.replace(TINY, **changes)
 
 
 def record_texts(record: dict) -> Iterator[str]:

@@ -14,6 +14,7 @@ from geffect.objectives.registry import (
     get_method,
     method_aliases,
     method_names,
+    objective_config,
     parse_method_spec,
     retain_loss_names,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "get_method",
     "method_aliases",
     "method_names",
+    "objective_config",
     "parse_method_spec",
     "retain_loss_names",
 ]

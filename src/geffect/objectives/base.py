@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-Batch = dict[str, torch.Tensor]  # input_ids, attention_mask, labels (-100 masked), index (item ids)
+from geffect.tokens import Batch
 
 
 @dataclass

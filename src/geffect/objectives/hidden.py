@@ -10,7 +10,8 @@ from torch import nn
 
 from geffect.errors import UsageError
 from geffect.objectives.base import Batch
-from geffect.objectives.tokens import IGNORE_INDEX, forward_logits, widen
+from geffect.objectives.tokens import forward_logits, widen
+from geffect.tokens import IGNORE_INDEX
 
 # Last name component of the ModuleList holding the decoder blocks in common HF architectures
 # (model.layers, transformer.h, gpt_neox.layers, transformer.blocks, encoder.layer ...).

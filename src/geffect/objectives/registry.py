@@ -96,6 +96,29 @@ class ObjectiveConfig:
     kl_mask: str = "answer"  # or "all" (the reference code's unmasked average, padding included)
 
 
+def objective_config(
+    spec: str,
+    retain_loss: str | None = None,
+    gamma: float = 1.0,
+    alpha: float = 1.0,
+    hparams: Mapping[str, float] | None = None,
+    kl_mask: str = "answer",
+) -> ObjectiveConfig:
+    """The ObjectiveConfig of a method spec ("NPO" or "NPO+KL") with its settings; a retain loss named both in
+    the spec and in `retain_loss` must be the same."""
+    method, spec_retain = parse_method_spec(spec)
+    if spec_retain is not None and retain_loss is not None and spec_retain.lower() != retain_loss.lower():
+        raise UsageError(f"--method {spec} names retain loss {spec_retain} but --retain-loss is {retain_loss}; give one")
+    return ObjectiveConfig(
+        method=method,
+        retain_loss=retain_loss if retain_loss is not None else spec_retain,
+        gamma=gamma,
+        alpha=alpha,
+        hparams=dict(hparams or {}),
+        kl_mask=kl_mask,
+    )
+
+
 def _resolve_hparams(
     method: ForgetMethod, retain: RetainLoss, given: Mapping[str, float]
 ) -> dict[str, float]:

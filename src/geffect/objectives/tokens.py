@@ -13,14 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geffect.objectives.base import Batch
-
-IGNORE_INDEX = -100
-
-
-def widen(x: torch.Tensor) -> torch.Tensor:
-    """Cast to float32 unless already float32 or wider, so losses of bf16/fp16 models are computed exactly."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+from geffect.tokens import IGNORE_INDEX, Batch, shift_labels, token_cross_entropy, widen
 
 
 def model_inputs(batch: Batch) -> dict[str, torch.Tensor]:
@@ -72,13 +65,10 @@ class TokenScores:
 
 def score_logits(logits: torch.Tensor, labels: torch.Tensor) -> TokenScores:
     shift_logits = widen(logits[:, :-1, :])
-    shift_labels = labels[:, 1:].to(shift_logits.device)
-    mask = shift_labels != IGNORE_INDEX
-    vocab = shift_logits.shape[-1]
-    ce = F.cross_entropy(
-        shift_logits.reshape(-1, vocab), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
-    ).view(shift_labels.shape)
-    return TokenScores(logits=shift_logits, labels=shift_labels, mask=mask, ce=ce)
+    targets = shift_labels(labels).to(shift_logits.device)
+    mask = targets != IGNORE_INDEX
+    ce = token_cross_entropy(shift_logits, targets)
+    return TokenScores(logits=shift_logits, labels=targets, mask=mask, ce=ce)
 
 
 def score(model: nn.Module, batch: Batch) -> TokenScores:

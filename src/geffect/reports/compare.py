@@ -12,9 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from geffect.reports.geffect_plots import EFFECT_LABEL, EFFECT_UNIT, STEP_LABEL, _save, _series, _zero_line, use_agg
+from geffect.reports.figures import EFFECT_LABEL, EFFECT_UNIT, STEP_LABEL, save_figure, step_series, use_agg, zero_line
 from geffect.reports.runfiles import EFFECT_KEYS, effect_total, read_run
 from geffect.reports.tables import RESULTS_CSV, read_manifest, read_results_csv
+
+FIGURES_DIR = "figures"  # STUDY/figures: the comparison figures
+
 
 def run_colour(cmap, index: int):
     """Distinct colours for up to 20 runs: the 10 dark tab20 shades first, then the 10 light ones."""
@@ -59,7 +62,7 @@ def plot_quality_vs_utility(rows: list[dict], path: Path, title: str = "") -> Pa
         title=title or "Forget quality against model utility",
     )
     ax.grid(True, which="major", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_effects_all_runs(study_dir: Path, path: Path) -> Path | None:
@@ -74,22 +77,22 @@ def plot_effects_all_runs(study_dir: Path, path: Path) -> Path | None:
     for ax, key in zip(axes, EFFECT_KEYS):
         magnitudes = []
         for index, run in enumerate(runs):
-            steps, values = _series(run.geffect, lambda r, k=key: effect_total(r, k))
+            steps, values = step_series(run.geffect, lambda r, k=key: effect_total(r, k))
             magnitudes.extend(np.abs(values[np.isfinite(values)]))
             ax.plot(steps, values, color=run_colour(cmap, index), linestyle=("-", "--", ":")[index // 20 % 3], label=run.name, linewidth=1.2)
         positive = [m for m in magnitudes if m > 0]
         # linear within the smallest decade that matters, logarithmic beyond it
         ax.set_yscale("symlog", linthresh=float(np.percentile(positive, 10)) if positive else 1.0)
-        _zero_line(ax)
+        zero_line(ax)
         ax.set(xlabel=STEP_LABEL, ylabel=f"{EFFECT_UNIT}, symmetric log scale", title=EFFECT_LABEL[key])
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle("G-effects of all methods per step")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_comparison_figures(study_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
     study_dir = Path(study_dir)
-    out = Path(out_dir) if out_dir is not None else study_dir / "figures"
+    out = Path(out_dir) if out_dir is not None else study_dir / FIGURES_DIR
     written = {}
     results = study_dir / RESULTS_CSV
     if results.exists():

@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from geffect.reports.figures import EFFECT_LABEL, EFFECT_UNIT, STEP_LABEL, save_figure, step_series, use_agg, zero_line
 from geffect.reports.runfiles import (
     EFFECT_KEYS,
     GROUPS,
@@ -27,44 +28,9 @@ from geffect.reports.runfiles import (
     read_run,
     side_risk,
 )
+from geffect.runfolder import RunFolder
 
-EFFECT_LABEL = {"e_u": "unlearning G-effect e_u (forget set)", "e_r": "retaining G-effect e_r (retain set)"}
-EFFECT_UNIT = "G-effect (nat²)"
-STEP_LABEL = "optimizer step"
 WEIGHT_BINS = 5
-
-
-def use_agg():
-    """matplotlib with the non-interactive Agg backend (no display on servers and in tests)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _series(records: list[dict], getter: Callable[[dict], float]) -> tuple[np.ndarray, np.ndarray]:
-    steps = np.array([as_float(r.get("step")) for r in records], dtype=float)
-    values = np.array([getter(r) for r in records], dtype=float)
-    return steps, values
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    tmp.replace(path)  # atomic: a reader never sees half a PNG
-    use_agg().close(fig)
-    return path
-
-
-def _zero_line(ax) -> None:
-    """A dotted y = 0 line (the sign of a G-effect is what matters) and whole-number steps on the x axis."""
-    from matplotlib.ticker import MaxNLocator
-
-    ax.axhline(0.0, color="0.5", linewidth=0.8, linestyle=":")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def plot_totals(run: RunFiles, path: Path) -> Path | None:
@@ -74,16 +40,16 @@ def plot_totals(run: RunFiles, path: Path) -> Path | None:
     plt = use_agg()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True, layout="constrained")
     for ax, key in zip(axes, EFFECT_KEYS):
-        steps, values = _series(run.geffect, lambda r, k=key: effect_total(r, k))
+        steps, values = step_series(run.geffect, lambda r, k=key: effect_total(r, k))
         ax.plot(steps, values, marker=".", label=f"{key} (estimator: {run.geffect[-1].get('estimator', 'batch')})")
-        steps_ema, ema = _series(run.geffect, lambda r, k=key: ema_total(r, k))
+        steps_ema, ema = step_series(run.geffect, lambda r, k=key: ema_total(r, k))
         if np.isfinite(ema).any():
             ax.plot(steps_ema, ema, linestyle="--", label=f"{key}, EMA of gradients (paper)")
-        _zero_line(ax)
+        zero_line(ax)
         ax.set(xlabel=STEP_LABEL, ylabel=EFFECT_UNIT, title=EFFECT_LABEL[key])
         ax.legend(fontsize=8)
     fig.suptitle(f"{run.name}: G-effects per step")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_groups(run: RunFiles, path: Path) -> Path | None:
@@ -94,14 +60,14 @@ def plot_groups(run: RunFiles, path: Path) -> Path | None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True, layout="constrained")
     for ax, key in zip(axes, EFFECT_KEYS):
         for group in GROUPS:
-            steps, values = _series(run.geffect, lambda r, k=key, g=group: as_float(((r.get(k) or {}).get("groups") or {}).get(g)))
+            steps, values = step_series(run.geffect, lambda r, k=key, g=group: as_float(((r.get(k) or {}).get("groups") or {}).get(g)))
             if np.isfinite(values).any():
                 ax.plot(steps, values, label=group)
-        _zero_line(ax)
+        zero_line(ax)
         ax.set(xlabel=STEP_LABEL, ylabel=EFFECT_UNIT, title=f"{key} per parameter group")
         ax.legend(fontsize=8, ncol=2)
     fig.suptitle(f"{run.name}: G-effects per group (shallow/middle/deep = thirds of the decoder layers)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _layer_matrix(records: list[dict], key: str) -> np.ndarray | None:
@@ -142,7 +108,7 @@ def plot_layer_heatmap(run: RunFiles, path: Path) -> Path | None:
         ax.set(xlabel=STEP_LABEL, ylabel="decoder layer index", title=f"{key} per decoder layer")
         fig.colorbar(image, ax=ax, label=EFFECT_UNIT)
     fig.suptitle(f"{run.name}: G-effects per layer and step")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def instance_points(records: list[dict], side: str) -> list[tuple[float, str, float, float]]:
@@ -192,16 +158,16 @@ def plot_instances(run: RunFiles, path: Path) -> Path | None:
     if forget:
         steps, values, weights = (np.array([p[i] for p in forget], dtype=float) for i in (0, 2, 3))
         _scatter_by_weight(plt, ax, steps, values, weights, size=8)
-    _zero_line(ax)
+    zero_line(ax)
     ax.set(xlabel=STEP_LABEL, ylabel="item's share of e_u (nat²)", title="forget items: unlearning PG-effects")
     ax = axes[1]
     if retain:
         ax.scatter([p[0] for p in retain], [p[2] for p in retain], s=8, color="tab:orange", alpha=0.6, label="retain item")
         ax.legend(fontsize=7)
-    _zero_line(ax)
+    zero_line(ax)
     ax.set(xlabel=STEP_LABEL, ylabel="item's share of e_r (nat²)", title="retain items: retaining PG-effects")
     fig.suptitle(f"{run.name}: instance-wise G-effects (each set's items sum to its G-effect)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_instance_scatter(run: RunFiles, path: Path) -> Path | None:
@@ -218,12 +184,12 @@ def plot_instance_scatter(run: RunFiles, path: Path) -> Path | None:
     e_u, e_r, weights = (np.array([p[i] for p in points], dtype=float) for i in range(3))
     _scatter_by_weight(plt, ax, e_u, e_r, weights, size=10)
     ax.axvline(0.0, color="grey", linewidth=0.8)
-    _zero_line(ax)
+    zero_line(ax)
     ax.set(xlabel="unlearning PG-effect ∇R(D_u)·∇L_i (nat²; < 0 removes)",
            ylabel="retaining PG-effect ∇R(D_r)·∇L_i (nat²; ≥ 0 keeps)",
            title="forget items: where each item's gradient pushes")
     fig.suptitle(f"{run.name}: instance scatter ({len(points)} item-steps)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def measured_risk_change(run: RunFiles, side: str) -> tuple[np.ndarray, np.ndarray, str]:
@@ -239,7 +205,7 @@ def measured_risk_change(run: RunFiles, side: str) -> tuple[np.ndarray, np.ndarr
     sources = ((run.geffect, lambda r: side_risk(r, side), f"measured on the {estimator} estimator's sets"),
                (run.log, lambda r: as_float(r.get(log_key)), "measured on each step's batch"))
     for records, getter, what in sources:
-        steps, values = _series(records, getter)
+        steps, values = step_series(records, getter)
         finite = np.isfinite(values) & np.isfinite(steps)
         if finite.sum() >= 2:
             steps, values = steps[finite], values[finite]
@@ -250,23 +216,23 @@ def measured_risk_change(run: RunFiles, side: str) -> tuple[np.ndarray, np.ndarr
 def plot_predicted_vs_measured(run: RunFiles, path: Path) -> Path | None:
     """Cumulative first-order prediction -Σ η_t e_t against the measured change of the forget and retain risks."""
     sides = (("u", "forget set risk R(D_u)"), ("r", "retain set risk R(D_r)"))
-    if not run.geffect or not any(np.isfinite(_series(run.geffect, lambda r, s=s: predicted_change(r, s))[1]).any() for s, _ in sides):
+    if not run.geffect or not any(np.isfinite(step_series(run.geffect, lambda r, s=s: predicted_change(r, s))[1]).any() for s, _ in sides):
         return None
     plt = use_agg()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True, layout="constrained")
     for ax, (side, title) in zip(axes, sides):
-        steps, values = _series(run.geffect, lambda r, s=side: predicted_change(r, s))
+        steps, values = step_series(run.geffect, lambda r, s=side: predicted_change(r, s))
         start = steps[0] - 1 if len(steps) else 0.0
         ax.plot(np.r_[start, steps], np.r_[0.0, values], marker=".", label="predicted: -Σ η·e (first order, plain gradient step)")
         m_steps, m_values, what = measured_risk_change(run, side)
         if len(m_steps):
             ax.plot(m_steps, m_values, linestyle="--", label=f"measured change ({what})")
-        _zero_line(ax)
+        zero_line(ax)
         ax.set(xlabel=f"after {STEP_LABEL}", ylabel="change of mean token NLL (nats)", title=title)
         ax.legend(fontsize=7)
     fig.suptitle(f"{run.name}: predicted vs measured risk change\n"
                  "(the prediction assumes plain gradient steps θ' = θ - η∇L; adaptive optimizers such as AdamW step differently)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 FIGURES: dict[str, Callable[[RunFiles, Path], Path | None]] = {
@@ -282,7 +248,7 @@ FIGURES: dict[str, Callable[[RunFiles, Path], Path | None]] = {
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
     """Write every figure the run's logs allow to `out_dir` (default RUN/figures); returns name -> PNG path."""
     run = read_run(run_dir)
-    out = Path(out_dir) if out_dir is not None else run.path / "figures"
+    out = Path(out_dir) if out_dir is not None else RunFolder(run.path).figures_dir
     written = {}
     for name, draw in FIGURES.items():
         result = draw(run, out / f"{name}.png")

@@ -15,13 +15,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from geffect.io import atomic_write_text
+from geffect.reports.compare import FIGURES_DIR
 from geffect.reports.runfiles import read_json
 from geffect.reports.tables import COLUMNS, NUMBER_COLUMNS, RESULTS_CSV, format_number, read_manifest, read_results_csv
+from geffect.runfolder import RunFolder
 
 INDEX_FILE = "index.html"
 CONFIG_FILE = "study.yaml"
 TIMINGS_FILE = "timings.json"
-FIGURES_DIR = "figures"
 
 COLUMN_TITLES = {
     "forget_quality": "KS-test p-value of forget truth ratios against the retain model (higher = closer to retraining)",
@@ -114,7 +115,7 @@ def render_index(study_dir: str | Path, title: str = "geffect study report") -> 
             f'<section class="run" id="run-{html.escape(entry.name)}"><h3>{html.escape(entry.name)}</h3>'
             f'<p class="note">method {html.escape(entry.method)}, {html.escape(params)}, {html.escape(entry.forget_split)}, '
             f"seed {entry.seed}; files in <code>{html.escape(entry.run_dir)}</code></p>"
-            f"{_figures(study_dir, study_dir / entry.run_dir / FIGURES_DIR)}</section>"
+            f"{_figures(study_dir, RunFolder(study_dir / entry.run_dir).figures_dir)}</section>"
         )
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = f"""<!DOCTYPE html>

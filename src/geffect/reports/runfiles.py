@@ -1,4 +1,4 @@
-"""Read back what an unlearning run wrote: `log.jsonl`, `geffect.jsonl`, `config.yaml`, evaluation files.
+"""Read back what an unlearning run wrote (through `geffect.runfolder.RunFolder`) and the JSON files of a study.
 
 Every report in this package is rendered from these readers, never from values held in memory by the
 pipeline, so a figure or a table always shows what is on disk.
@@ -12,11 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from geffect.errors import UsageError
-from geffect.io import read_jsonl
+from geffect.runfolder import RunFolder
 
-LOG_FILE = "log.jsonl"
-GEFFECT_FILE = "geffect.jsonl"
-CONFIG_FILE = "config.yaml"
 EFFECT_KEYS = ("e_u", "e_r")
 GROUPS = ("embed", "shallow", "middle", "deep", "lm_head", "other")
 
@@ -36,25 +33,14 @@ class RunFiles:
 
 
 def read_run(path: str | Path) -> RunFiles:
-    path = Path(path)
-    if not path.is_dir():
-        raise UsageError(f"run folder {path} does not exist; pass the --out folder of an unlearning run")
-    log_path, effect_path = path / LOG_FILE, path / GEFFECT_FILE
-    if not log_path.exists() and not effect_path.exists():
-        raise UsageError(f"{path} holds neither {LOG_FILE} nor {GEFFECT_FILE}; pass the --out folder of an unlearning run")
-    return RunFiles(
-        path=path,
-        log=read_jsonl(log_path) if log_path.exists() else [],
-        geffect=read_jsonl(effect_path) if effect_path.exists() else [],
-        config=read_yaml(path / CONFIG_FILE) if (path / CONFIG_FILE).exists() else {},
-    )
-
-
-def read_yaml(path: str | Path) -> dict:
-    import yaml
-
-    with open(path, encoding="utf-8") as handle:
-        return yaml.safe_load(handle) or {}
+    folder = RunFolder(path)
+    if not folder.path.is_dir():
+        raise UsageError(f"run folder {folder.path} does not exist; pass the --out folder of an unlearning run")
+    if not folder.is_run():
+        raise UsageError(
+            f"{folder.path} holds neither {RunFolder.LOG} nor {RunFolder.GEFFECT}; pass the --out folder of an unlearning run"
+        )
+    return RunFiles(path=folder.path, log=folder.read_log(), geffect=folder.read_geffect(), config=folder.read_config())
 
 
 def read_json(path: str | Path) -> dict:

@@ -17,12 +17,16 @@ from typing import Any
 
 import yaml
 
-from geffect.data.tofu import FORGET_SPLITS, RETAIN_FOR_FORGET
+from geffect.data.tofu import FORGET_SPLITS
 from geffect.errors import UsageError
-from geffect.study.schema import build, fail
+from geffect.effects.config import TrackerConfig
+from geffect.evaluation.config import EvalConfig
+from geffect.options import check, default_of, from_mapping, section_fields, section_values
+from geffect.schema import build, fail
+from geffect.training.config import UnlearnConfig
+from geffect.training.finetune_config import FinetuneConfig
 
 TINY = "tiny"
-ESTIMATORS = ("batch", "ema", "full")
 
 
 @dataclass
@@ -40,23 +44,6 @@ class BenchmarkSection:
 
 
 @dataclass
-class FinetuneSection:
-    """Options of `geffect.finetune.finetune` for the models the study trains itself (None: its defaults)."""
-
-    epochs: int | None = None
-    lr: float | None = None
-    batch_size: int | None = None
-    warmup_ratio: float | None = None
-    weight_decay: float | None = None
-    max_length: int | None = None
-    max_steps: int | None = None
-    seed: int = 0
-    eval_limit: int | None = None  # records in the closing exact-match check; 0 skips it
-    precision: str | None = None  # auto | fp32 | bf16 (None: the model kind's default)
-    tiny_overrides: dict[str, Any] = field(default_factory=dict)  # architecture of the tiny model (tests)
-
-
-@dataclass
 class ModelSection:
     """`base` is what the study fine-tunes from (`tiny` = built from scratch); `target` is the model to unlearn
     (None: fine-tune `base` on `full`); per forget split, the reference is `retain_logs[split]` (an evaluation
@@ -67,7 +54,7 @@ class ModelSection:
     retain: dict[str, str] = field(default_factory=dict)
     retain_logs: dict[str, str] = field(default_factory=dict)
     dtype: str | None = None  # dtype the weights are loaded in for evaluation and unlearning
-    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    finetune: dict[str, Any] = field(default_factory=dict)  # FinetuneConfig options of the models it fine-tunes
 
 
 @dataclass
@@ -85,40 +72,24 @@ class MethodSection:
 
 
 @dataclass
-class TrainingSection:
-    """Options of every unlearning run (geffect.training.UnlearnConfig); batch_size is per process and micro-step."""
+class Tracking:
+    """A study's `geffect:` section: whether to track (default yes) and the tracker's options."""
 
-    epochs: int = 5
-    lr: float = 1e-5
-    batch_size: int = 4
-    grad_accum: int = 4
-    warmup_epochs: float = 1.0
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = None
-    max_steps: int | None = None
-    max_length: int = 512
-    kl_mask: str = "answer"
-    lora_r: int = 0
-    lora_alpha: float | None = None
-    mixed_precision: str = "auto"
-    save_every: int = 0
-
-
-@dataclass
-class GEffectSection:
     enabled: bool = True
-    every: int = 1  # measure every K optimizer steps
-    estimator: str = "batch"  # batch | ema | full
-    instances: bool = False  # per-item contributions (the paper's instance-wise figures)
-    scatter: bool = False  # also the objective split per forget item (the paper's instance scatter); implies instances
-    probe_size: int | None = None  # retain probe items for the `full` estimator (None: the engine's default)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
 
+    @classmethod
+    def from_section(cls, data: Any, path: str) -> "Tracking":
+        data = dict(data or {}) if isinstance(data, dict) else data
+        enabled = data.pop("enabled", True) if isinstance(data, dict) else True
+        if not isinstance(enabled, bool):
+            raise fail(f"{path}.enabled", f"expected true or false, got {enabled!r}")
+        tracker = from_mapping(TrackerConfig, data, path)
+        check(tracker, path, by_key=True)
+        return cls(enabled, tracker)
 
-@dataclass
-class EvalSection:
-    ds_size: int | None = None  # legacy TOFU scored the first 300 items of each set; None scores all
-    batch_size: int = 32
-    max_new_tokens: int = 200
+    def to_section(self) -> dict:
+        return {"enabled": self.enabled, **dataclasses.asdict(self.tracker)}
 
 
 @dataclass
@@ -130,15 +101,17 @@ class StudyConfig:
     methods: list[MethodSection] = field(default_factory=list)
     forget_splits: list[str] = field(default_factory=lambda: ["forget10"])
     seeds: list[int] = field(default_factory=lambda: [0])
-    training: TrainingSection = field(default_factory=TrainingSection)
-    geffect: GEffectSection = field(default_factory=GEffectSection)
-    eval: EvalSection = field(default_factory=EvalSection)
+    training: dict[str, Any] = field(default_factory=dict)  # UnlearnConfig options of every unlearning run
+    geffect: Tracking = field(default_factory=Tracking)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     # On a CPU-only machine run independent stages (the fine-tunes, then the unlearning runs, then their
     # evaluations) side by side, one process per core: small models barely gain from a second thread.
     side_by_side: bool = True
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        values["geffect"] = self.geffect.to_section()
+        return values
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
@@ -166,6 +139,7 @@ def parse_config(data: Any, base_dir: str | Path = ".") -> StudyConfig:
         raise fail("", "a study configuration is a mapping with keys such as benchmark, model, methods")
     data = _expand_shorthands(data)
     config = build(StudyConfig, data)
+    config = _checked_sections(config)
     validate(config)
     return resolve_paths(config, Path(base_dir))
 
@@ -186,6 +160,23 @@ def _expand_shorthands(data: dict) -> dict:
 
 
 # --- validation ------------------------------------------------------------------------------------------
+
+
+def _checked_sections(config: StudyConfig) -> StudyConfig:
+    """The option sections converted and checked against their declarations (UnlearnConfig for `training`
+    and each method's `training`, FinetuneConfig for `model.finetune`, EvalConfig for `eval`)."""
+    check(config.eval, "eval", by_key=True)
+    methods = [
+        dataclasses.replace(m, training=section_values(UnlearnConfig, m.training, f"methods[{i}].training"))
+        for i, m in enumerate(config.methods)
+    ]
+    finetune = section_values(FinetuneConfig, config.model.finetune, "model.finetune")
+    return dataclasses.replace(
+        config,
+        training=section_values(UnlearnConfig, config.training, "training"),
+        methods=methods,
+        model=dataclasses.replace(config.model, finetune=finetune),
+    )
 
 
 def validate(config: StudyConfig) -> None:
@@ -214,13 +205,8 @@ def validate(config: StudyConfig) -> None:
         from geffect.models.loading import resolve_dtype
 
         _reraise("model.dtype", resolve_dtype, config.model.dtype)
-    if config.model.finetune.precision not in (None, "auto", "fp32", "bf16"):
-        raise fail("model.finetune.precision", f"unknown value {config.model.finetune.precision!r}; choose one of auto, fp32, bf16")
-    _check_geffect(config.geffect)
-    _check_eval(config.eval)
     for index, method in enumerate(config.methods):
         _check_method(method, f"methods[{index}]")
-        _training_options(config.training, method.training, f"methods[{index}].training")
 
 
 def _check_list(path: str, values: list[str], allowed: tuple[str, ...]) -> None:
@@ -238,23 +224,6 @@ def _reraise(path: str, check, *args):
         return check(*args)
     except UsageError as err:
         raise fail(path, str(err)) from None
-
-
-def _check_geffect(section: GEffectSection) -> None:
-    if section.every < 1:
-        raise fail("geffect.every", f"must be >= 1, got {section.every}")
-    if section.estimator not in ESTIMATORS:
-        raise fail("geffect.estimator", f"unknown estimator {section.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
-    if section.probe_size is not None and section.probe_size < 1:
-        raise fail("geffect.probe_size", f"must be >= 1, got {section.probe_size}")
-
-
-def _check_eval(section: EvalSection) -> None:
-    for name in ("batch_size", "max_new_tokens"):
-        if getattr(section, name) < 1:
-            raise fail(f"eval.{name}", f"must be >= 1, got {getattr(section, name)}")
-    if section.ds_size is not None and section.ds_size < 1:
-        raise fail("eval.ds_size", f"must be >= 1 (or null for every item), got {section.ds_size}")
 
 
 def method_spec(method: MethodSection, path: str) -> tuple[str, str | None]:
@@ -296,16 +265,11 @@ def _check_method(method: MethodSection, path: str) -> None:
         raise fail(f"{path}.name", "must not be empty")
 
 
-def _training_options(base: TrainingSection, overrides: dict[str, Any], path: str) -> dict[str, Any]:
-    """The study's training options with a method's overrides applied, type-checked (key path in errors)."""
-    checked = build(TrainingSection, overrides, path)
-    options = dataclasses.asdict(base)
-    options.update({key: getattr(checked, key) for key in overrides})
-    return options
-
-
 def training_options(config: StudyConfig, method_index: int) -> dict[str, Any]:
-    return _training_options(config.training, config.methods[method_index].training, f"methods[{method_index}].training")
+    """Every training option of a method's runs: UnlearnConfig's defaults, the study's `training`, then the
+    method's own overrides (both checked already)."""
+    defaults = {f.name: default_of(f) for f in section_fields(UnlearnConfig)}
+    return {**defaults, **config.training, **config.methods[method_index].training}
 
 
 # --- paths -----------------------------------------------------------------------------------------------
@@ -336,6 +300,3 @@ def resolve_paths(config: StudyConfig, base_dir: Path) -> StudyConfig:
         ),
     )
 
-
-def retain_split(forget_split: str) -> str:
-    return RETAIN_FOR_FORGET[forget_split]

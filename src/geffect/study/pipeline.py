@@ -19,15 +19,17 @@ import os
 import shutil
 import sys
 import time
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from geffect.errors import UsageError
 from geffect.io import atomic_write_json, atomic_write_text
 from geffect.study import stages
+from geffect.study.stages import Stage
 from geffect.study.config import StudyConfig
-from geffect.study.plan import EVALS_DIR, StudyPlan, describe, plan_study, unlearn_config
+from geffect.runfolder import RunFolder
+from geffect.study.plan import EVALS_DIR, How, StudyPlan, describe, plan_study, unlearn_config
 
 STAGES_DIR = "stages"
 CONFIG_FILE = "study.yaml"
@@ -73,7 +75,8 @@ class StudyResult:
 
 
 class StageRunner:
-    """Runs stages once, prints one progress line per stage with its time, and records the timings."""
+    """Runs stages once (one marker check for all of them), prints one progress line per stage with its
+    time, and records the timings."""
 
     def __init__(self, out: Path, total: int, processes: Processes, stream=None):
         self.out = out
@@ -89,88 +92,91 @@ class StageRunner:
 
             tqdm.write(text, file=self.stream)
 
-    def run(self, stage: str, name: str, key: dict, work: Callable[[], None], outputs: tuple[Path, ...] = (), everywhere: bool = False) -> str:
-        """Run `work` unless the stage's marker matches `key`; returns the stage's fingerprint."""
+    def run(self, stages: list[Stage], side_by_side: bool = False) -> list[str]:
+        """Run every stage whose marker does not match its key: one after the other, or with `side_by_side`
+        in worker processes, one per core, each with an equal share of the cores' threads. Returns the
+        stages' fingerprints in order."""
+        pending = [stage for stage in stages if not self._cached(stage)]
+        if side_by_side and pending:
+            self._side_by_side(stages[0].kind, pending)
+        else:
+            for stage in pending:
+                self._one(stage)
+        return [fingerprint(stage.key) for stage in stages]
+
+    def _prefix(self, stage: Stage) -> str:
         self.done += 1
-        marker = self.out / STAGES_DIR / f"{stage}-{name}.json"
-        key_hash = fingerprint(key)
-        prefix = f"[{self.done}/{self.total}] {stage} {name}"
-        if self._finished(marker, key_hash, outputs):
-            self.say(f"{prefix}: cached")
-            self.records.append(StageRecord(stage, name, self._seconds(marker), True))
-            return key_hash
+        return f"[{self.done}/{self.total}] {stage.kind} {stage.name}"
+
+    def _cached(self, stage: Stage) -> bool:
+        """Whether the stage's marker matches its key and its outputs exist; an outdated marker is removed
+        (its inputs changed). Counts and reports cached stages; the others are reported when they run."""
+        marker = self.out / STAGES_DIR / stage.marker
+        if _finished(marker, fingerprint(stage.key), stage.outputs):
+            self.say(f"{self._prefix(stage)}: cached")
+            self.records.append(StageRecord(stage.kind, stage.name, _seconds(marker), True))
+            return True
+        if self.processes.is_main and marker.exists():
+            marker.unlink()
+        return False
+
+    def _one(self, stage: Stage) -> None:
+        prefix = self._prefix(stage)
         self.say(f"{prefix}: running ...")
         started = time.perf_counter()
-        if everywhere or self.processes.is_main:
-            if self.processes.is_main and marker.exists():
-                marker.unlink()  # outdated: its inputs changed
-            work()
+        if stage.everywhere or self.processes.is_main:
+            stage.run()
         seconds = time.perf_counter() - started
         if self.processes.is_main:
-            atomic_write_json(marker, {"key": key_hash, "inputs": key, "seconds": seconds, "finished": time.time()})
+            self._mark(stage, seconds)
         else:
-            self._wait_for(marker, key_hash)
+            self._wait_for(stage)
         self.say(f"{prefix}: done in {seconds:.1f} s")
-        self.records.append(StageRecord(stage, name, seconds, False))
-        return key_hash
+        self.records.append(StageRecord(stage.kind, stage.name, seconds, False))
 
-    @staticmethod
-    def _finished(marker: Path, key_hash: str, outputs: tuple[Path, ...]) -> bool:
-        if not marker.exists() or not all(p.exists() for p in outputs):
-            return False
-        try:
-            return json.loads(marker.read_text(encoding="utf-8")).get("key") == key_hash
-        except (OSError, json.JSONDecodeError):
-            return False
-
-    @staticmethod
-    def _seconds(marker: Path) -> float:
-        return float(json.loads(marker.read_text(encoding="utf-8")).get("seconds", 0.0))
-
-    def run_side_by_side(self, stage: str, jobs: list[tuple[str, dict, Callable, tuple, tuple[Path, ...]]]) -> list[str]:
-        """Like `run` for several independent stages, `(name, key, work, args, outputs)` each: the unfinished
-        ones run in worker processes, one per core, `work(*args)` each with an equal share of the cores'
-        threads. Returns the fingerprints in the order of `jobs`."""
+    def _side_by_side(self, kind: str, pending: list[Stage]) -> None:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        hashes, pending = [], []
-        for name, key, work, args, outputs in jobs:
-            self.done += 1
-            marker = self.out / STAGES_DIR / f"{stage}-{name}.json"
-            hashes.append(fingerprint(key))
-            prefix = f"[{self.done}/{self.total}] {stage} {name}"
-            if self._finished(marker, hashes[-1], outputs):
-                self.say(f"{prefix}: cached")
-                self.records.append(StageRecord(stage, name, self._seconds(marker), True))
-            else:
-                if marker.exists():
-                    marker.unlink()  # outdated: its inputs changed
-                pending.append((prefix, name, key, hashes[-1], marker, work, args))
-        if not pending:
-            return hashes
+        prefixes = {id(stage): self._prefix(stage) for stage in pending}
         cores = os.cpu_count() or 1
         workers = min(len(pending), cores)
         threads = max(1, cores // workers)
-        self.say(f"{stage}: {len(pending)} stage(s) side by side, {workers} processes with {threads} thread(s) each ...")
+        self.say(f"{kind}: {len(pending)} stage(s) side by side, {workers} processes with {threads} thread(s) each ...")
         started = time.perf_counter()
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(stages.in_worker, item[5], item[6], threads): item for item in pending}
+            futures = {pool.submit(stages.in_worker, stage, threads): stage for stage in pending}
             for future in as_completed(futures):
-                prefix, name, key, key_hash, marker, _, _ = futures[future]
+                stage = futures[future]
                 if future.exception() is not None:
                     for other in futures:
                         other.cancel()  # stop at the first failure, as one after the other would
                 seconds = future.result()
-                atomic_write_json(marker, {"key": key_hash, "inputs": key, "seconds": seconds, "finished": time.time()})
-                self.say(f"{prefix}: done in {seconds:.1f} s")
-                self.records.append(StageRecord(stage, name, seconds, False))
-        self.say(f"{stage}: side-by-side stages done in {time.perf_counter() - started:.1f} s wall clock")
-        return hashes
+                self._mark(stage, seconds)
+                self.say(f"{prefixes[id(stage)]}: done in {seconds:.1f} s")
+                self.records.append(StageRecord(stage.kind, stage.name, seconds, False))
+        self.say(f"{kind}: side-by-side stages done in {time.perf_counter() - started:.1f} s wall clock")
 
-    def _wait_for(self, marker: Path, key_hash: str) -> None:
-        while not self._finished(marker, key_hash, ()):
+    def _mark(self, stage: Stage, seconds: float) -> None:
+        atomic_write_json(self.out / STAGES_DIR / stage.marker,
+                          {"key": fingerprint(stage.key), "inputs": stage.key, "seconds": seconds, "finished": time.time()})  # fmt: skip
+
+    def _wait_for(self, stage: Stage) -> None:
+        while not _finished(self.out / STAGES_DIR / stage.marker, fingerprint(stage.key), ()):
             time.sleep(WAIT_POLL_SECONDS)
+
+
+def _finished(marker: Path, key_hash: str, outputs: tuple[Path, ...]) -> bool:
+    if not marker.exists() or not all(p.exists() for p in outputs):
+        return False
+    try:
+        return json.loads(marker.read_text(encoding="utf-8")).get("key") == key_hash
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _seconds(marker: Path) -> float:
+    return float(json.loads(marker.read_text(encoding="utf-8")).get("seconds", 0.0))
 
 
 def _count_stages(plan: StudyPlan) -> int:
@@ -249,47 +255,41 @@ class _Study:
         self.reference_keys: dict[str, str] = {}
         self.reference_files: dict[str, str] = {}
 
-    def _evaluate(self, model: str, forget_split: str, reference: str | None, folder: Path) -> None:
-        stages.evaluate_model(model, self.data, forget_split, self.template, reference, self.config.eval, folder, self.config.model.dtype)
+    def _evaluation(self, name: str, key: dict, model: str, forget_split: str, reference: str | None, folder: Path) -> Stage:
+        args = (model, self.data, forget_split, self.template, reference, self.config.eval, folder, self.config.model.dtype)
+        return Stage("evaluate", name, key, stages.evaluate_model, args, (folder / stages.SUMMARY_FILE,))
 
     def benchmark(self) -> None:
         if not self.plan.builtin:
             return
         b = self.config.benchmark.builtin
         folder = self.out / self.plan.benchmark
-        self.bench_key = self.runner.run(
-            "benchmark", "builtin", {"authors": b.authors, "seed": b.seed},
-            lambda: stages.build_benchmark(folder, b.authors, b.seed), (folder,),
-        )
+        stage = Stage("benchmark", "builtin", {"authors": b.authors, "seed": b.seed}, stages.build_benchmark,
+                      (folder, b.authors, b.seed), (folder,))  # fmt: skip
+        (self.bench_key,) = self.runner.run([stage])
 
     def models(self) -> None:
         plan = self.plan
         options = self.config.model.finetune
-        jobs = []
+        jobs: list[tuple[str, Stage]] = []
         for model in [plan.target] + [r.retain_model for r in plan.references if r.retain_model is not None]:
             ident = f"{model.role}-{model.split}"
-            if model.how == "given":
+            if model.how == How.GIVEN:
                 self.model_keys[ident] = fingerprint({"given": model.source})
                 self.model_paths[ident] = model.source
                 continue
             folder = self.out / model.folder
             key = {"bench": self.bench_key, "base": model.source, "split": model.split, "template": self.template,
-                   "finetune": asdict(options)}
+                   "finetune": options}  # fmt: skip
             args = (model.source, self.data, model.split, folder, options, self.template)
-            jobs.append((ident, model.split, key, args, (folder / "config.json",)))
+            jobs.append((ident, Stage("finetune", model.split, key, stages.finetune_model, args, (folder / "config.json",))))
             self.model_paths[ident] = str(folder)
-        hashes = self._run_all("finetune", [(split, key, stages.finetune_model, args, outputs) for _, split, key, args, outputs in jobs])
-        self.model_keys.update({job[0]: h for job, h in zip(jobs, hashes)})
+        hashes = self._run_all([stage for _, stage in jobs])
+        self.model_keys.update({ident: h for (ident, _), h in zip(jobs, hashes)})
 
-    def _run_all(self, stage: str, jobs: list[tuple[str, dict, Callable, tuple, tuple[Path, ...]]], everywhere: bool = False) -> list[str]:
-        """Independent stages `(name, key, work, args, outputs)`: side by side when `side_by_side` allows,
-        else one after the other."""
-        if self.side_by_side(len(jobs)):
-            return self.runner.run_side_by_side(stage, jobs)
-        return [
-            self.runner.run(stage, name, key, lambda w=work, a=args: w(*a), outputs, everywhere=everywhere)
-            for name, key, work, args, outputs in jobs
-        ]
+    def _run_all(self, work: list[Stage]) -> list[str]:
+        """Independent stages: side by side when `side_by_side` allows, else one after the other."""
+        return self.runner.run(work, side_by_side=self.side_by_side(len(work)))
 
     def side_by_side(self, count: int) -> bool:
         """Several independent stages on a CPU-only machine with more than one core, in one process (not
@@ -299,24 +299,24 @@ class _Study:
         return (
             self.config.side_by_side and count > 1 and (os.cpu_count() or 1) > 1
             and self.runner.processes.world_size == 1 and not torch.cuda.is_available()
-        )
+        )  # fmt: skip
 
     def references(self) -> None:
         for ref in self.plan.references:
             folder = self.out / ref.eval_dir
-            if ref.how == "log":
+            if ref.how == How.LOG:
                 key = {"log": ref.log_file, "mtime": os.path.getmtime(ref.log_file) if os.path.exists(ref.log_file) else None}
-                work = lambda r=ref, f=folder: stages.summarize_log(r.log_file, f)  # noqa: E731
+                stage = Stage("reference", ref.forget_split, key, stages.summarize_log, (ref.log_file, folder),
+                              (folder / stages.SUMMARY_FILE,))  # fmt: skip
                 self.reference_files[ref.forget_split] = ref.log_file
             else:
                 ident = f"retain-{ref.retain_model.split}"
                 key = {"bench": self.bench_key, "model": self.model_keys[ident], "eval": self.eval_options,
-                       "template": self.template, "dtype": self.config.model.dtype}
-                work = lambda r=ref, f=folder, p=self.model_paths[ident]: self._evaluate(p, r.forget_split, None, f)  # noqa: E731
+                       "template": self.template, "dtype": self.config.model.dtype}  # fmt: skip
+                stage = self._evaluation(ref.forget_split, key, self.model_paths[ident], ref.forget_split, None, folder)
+                stage = dataclasses.replace(stage, kind="reference")
                 self.reference_files[ref.forget_split] = str(folder / stages.EVAL_FILE)
-            self.reference_keys[ref.forget_split] = self.runner.run(
-                "reference", ref.forget_split, key, work, (folder / stages.SUMMARY_FILE,)
-            )
+            (self.reference_keys[ref.forget_split],) = self.runner.run([stage])
 
     @property
     def target(self) -> tuple[str, str]:
@@ -329,34 +329,30 @@ class _Study:
             split = ref.forget_split
             folder = self.out / EVALS_DIR / f"target-{split}"
             key = {"bench": self.bench_key, "model": model_key, "reference": self.reference_keys[split],
-                   "eval": self.eval_options, "template": self.template, "dtype": self.config.model.dtype}
-            self.runner.run(
-                "evaluate", f"target-{split}", key,
-                lambda s=split, f=folder: self._evaluate(path, s, self.reference_files[s], f),
-                (folder / stages.SUMMARY_FILE,),
-            )
+                   "eval": self.eval_options, "template": self.template, "dtype": self.config.model.dtype}  # fmt: skip
+            self.runner.run([self._evaluation(f"target-{split}", key, path, split, self.reference_files[split], folder)])
 
     def unlearning_runs(self) -> None:
         if self.runner.processes.is_main:
             atomic_write_json(self.out / MANIFEST_FILE, _manifest(self.plan))
         path, model_key = self.target
-        unlearn_jobs = []
+        unlearn_stages = []
         for run in self.plan.runs:
             folder = self.out / run.folder
-            key = {"bench": self.bench_key, "model": model_key, "run": asdict(run), "geffect": asdict(self.config.geffect),
-                   "template": self.template, "dtype": self.config.model.dtype}
+            key = {"bench": self.bench_key, "model": model_key, "run": asdict(run), "geffect": self.config.geffect.to_section(),
+                   "template": self.template, "dtype": self.config.model.dtype}  # fmt: skip
             options = unlearn_config(self.config, run, model=path, data=self.data, out=str(folder))
             options.template = self.template
-            unlearn_jobs.append((run.run_id, key, stages.unlearn_run, (options, self.config.geffect), (folder / "summary.json",)))
-        run_keys = self._run_all("unlearn", unlearn_jobs, everywhere=True)
-        eval_jobs = []
+            unlearn_stages.append(Stage("unlearn", run.run_id, key, stages.unlearn_run, (options, self.config.geffect),
+                                        (RunFolder(folder).summary_path,), everywhere=True))  # fmt: skip
+        run_keys = self._run_all(unlearn_stages)
+        evaluations = []
         for run, run_key in zip(self.plan.runs, run_keys):
-            eval_folder = self.out / run.eval_dir
             key = {"run": run_key, "reference": self.reference_keys[run.forget_split], "eval": self.eval_options}
-            args = (str(self.out / run.folder / "model"), self.data, run.forget_split, self.template,
-                    self.reference_files[run.forget_split], self.config.eval, eval_folder, self.config.model.dtype)
-            eval_jobs.append((run.run_id, key, stages.evaluate_model, args, (eval_folder / stages.SUMMARY_FILE,)))
-        self._run_all("evaluate", eval_jobs)
+            model = str(RunFolder(self.out / run.folder).model_dir)
+            reference = self.reference_files[run.forget_split]
+            evaluations.append(self._evaluation(run.run_id, key, model, run.forget_split, reference, self.out / run.eval_dir))
+        self._run_all(evaluations)
 
     def report(self) -> Path:
         """Tables, figures and index.html from the files above (always redone: cheap, and never stale)."""

@@ -8,13 +8,14 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import PurePosixPath
 from typing import Any
 
 from geffect.data.tofu import RETAIN_FOR_FORGET
 from geffect.errors import UsageError
 from geffect.study.config import StudyConfig, method_spec, training_options
-from geffect.study.schema import fail
+from geffect.schema import fail
 
 # Folder layout of a study, relative to its output folder.
 BENCHMARK_DIR = "benchmark"
@@ -25,13 +26,25 @@ EVAL_SUBDIR = "eval"  # inside a run folder
 OBJECTIVE_KEYS = ("gamma", "alpha")
 
 
+class How(str, Enum):
+    """How a model or a reference is obtained."""
+
+    GIVEN = "given"  # a path or hub id used as is
+    FINETUNE = "finetune"  # `base` fine-tuned on the split
+    LOG = "log"  # a given evaluation log file
+    EVALUATE = "evaluate"  # the retain model's evaluation
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class ModelPlan:
-    """How a model is obtained: `given` (a path or hub id used as is) or `finetune` (`base` on `split`)."""
+    """How a model is obtained: given, or fine-tuned (`base` on `split`)."""
 
     role: str  # target | retain
     split: str  # training split: full, retain90, ...
-    how: str  # given | finetune
+    how: How  # GIVEN | FINETUNE
     source: str  # the given model, or the base to fine-tune
     folder: str | None = None  # study-relative output folder when fine-tuned
 
@@ -41,7 +54,7 @@ class ReferencePlan:
     """Per forget split: the retain model's evaluation log that forget quality is measured against."""
 
     forget_split: str
-    how: str  # log (a given file) | evaluate (the retain model)
+    how: How  # LOG | EVALUATE
     retain_model: ModelPlan | None
     log_file: str | None  # the given file, when how == log
     eval_dir: str  # study-relative folder of the retain row's TOFU_EVAL/TOFU_SUMMARY
@@ -71,6 +84,13 @@ class RunPlan:
         return f"{self.folder}/{EVAL_SUBDIR}"
 
     @property
+    def objective(self):
+        """The run's ObjectiveConfig (geffect.objectives)."""
+        from geffect.objectives import objective_config
+
+        return objective_config(self.method, self.retain_loss, self.gamma, self.alpha, self.hparams, self.training["kl_mask"])
+
+    @property
     def params(self) -> dict[str, float]:
         """Every hyper-parameter set in the configuration (fixed and grid), for the results table."""
         return {**({"gamma": self.gamma} if self.gamma != 1.0 else {}), **({"alpha": self.alpha} if self.alpha != 1.0 else {}), **self.hparams}
@@ -88,7 +108,7 @@ class StudyPlan:
     @property
     def finetunes(self) -> list[ModelPlan]:
         plans = [self.target] + [r.retain_model for r in self.references if r.retain_model is not None]
-        return [p for p in plans if p.how == "finetune"]
+        return [p for p in plans if p.how == How.FINETUNE]
 
 
 def _number(value: float) -> str:
@@ -142,7 +162,7 @@ def expand_runs(config: StudyConfig) -> list[RunPlan]:
 
 def check_runs(config: StudyConfig, runs: list[RunPlan]) -> None:
     """Validate every run's objective and training options with the trainer's own checks (no I/O)."""
-    from geffect.objectives import ObjectiveConfig, build_objective
+    from geffect.objectives import build_objective
 
     checked: set[tuple] = set()
     for run in runs:
@@ -151,12 +171,8 @@ def check_runs(config: StudyConfig, runs: list[RunPlan]) -> None:
         if key in checked:
             continue
         checked.add(key)
-        objective = ObjectiveConfig(
-            method=run.method, retain_loss=run.retain_loss, gamma=run.gamma, alpha=run.alpha,
-            hparams=run.hparams, kl_mask=run.training["kl_mask"],
-        )
         try:
-            build_objective(objective)
+            build_objective(run.objective)
         except UsageError as err:
             raise fail(path, str(err)) from None
         training_path = f"{path}.training" if config.methods[run.method_index].training else "training"
@@ -193,21 +209,21 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     builtin = config.benchmark.builtin is not None
     benchmark = BENCHMARK_DIR if builtin else config.benchmark.source
     if model.target is not None:
-        target = ModelPlan("target", "full", "given", model.target)
+        target = ModelPlan("target", "full", How.GIVEN, model.target)
     else:
-        target = ModelPlan("target", "full", "finetune", model.base, f"{MODELS_DIR}/target")
+        target = ModelPlan("target", "full", How.FINETUNE, model.base, f"{MODELS_DIR}/target")
     references = []
     for split in config.forget_splits:
         retain_split = RETAIN_FOR_FORGET[split]
         eval_dir = f"{EVALS_DIR}/retain-{split}"
         if split in model.retain_logs:
-            references.append(ReferencePlan(split, "log", None, model.retain_logs[split], eval_dir))
+            references.append(ReferencePlan(split, How.LOG, None, model.retain_logs[split], eval_dir))
             continue
         if split in model.retain:
-            retain = ModelPlan("retain", retain_split, "given", model.retain[split])
+            retain = ModelPlan("retain", retain_split, How.GIVEN, model.retain[split])
         else:
-            retain = ModelPlan("retain", retain_split, "finetune", model.base, f"{MODELS_DIR}/{retain_split}")
-        references.append(ReferencePlan(split, "evaluate", retain, None, eval_dir))
+            retain = ModelPlan("retain", retain_split, How.FINETUNE, model.base, f"{MODELS_DIR}/{retain_split}")
+        references.append(ReferencePlan(split, How.EVALUATE, retain, None, eval_dir))
     runs = expand_runs(config)
     check_runs(config, runs)
     return StudyPlan(config, benchmark, builtin, target, tuple(references), tuple(runs))
@@ -215,12 +231,9 @@ def plan_study(config: StudyConfig) -> StudyPlan:
 
 def resolved_hparams(run: RunPlan) -> dict[str, float]:
     """The run's objective hyper-parameters with the method's defaults filled in (as the trainer will use them)."""
-    from geffect.objectives import ObjectiveConfig, build_objective
+    from geffect.objectives import build_objective
 
-    objective = build_objective(ObjectiveConfig(
-        method=run.method, retain_loss=run.retain_loss, gamma=run.gamma, alpha=run.alpha, hparams=run.hparams,
-        kl_mask=run.training["kl_mask"],
-    ))
+    objective = build_objective(run.objective)
     shown = {"gamma": objective.config.gamma} if objective.config.gamma != 1.0 else {}
     if objective.retain.compute is not None or objective.config.alpha != 1.0:
         shown["alpha"] = objective.config.alpha
@@ -238,16 +251,16 @@ def describe(plan: StudyPlan, out: str) -> list[str]:
     else:
         lines.append(f"  benchmark: {plan.benchmark}")
     for model in [plan.target] + [r.retain_model for r in plan.references if r.retain_model is not None]:
-        if model.how == "finetune":
+        if model.how == How.FINETUNE:
             lines.append(f"  {model.role} model: fine-tune {model.source} on {model.split} -> {root / model.folder}")
         else:
             lines.append(f"  {model.role} model ({model.split}): {model.source}")
     for ref in plan.references:
-        what = f"given log {ref.log_file}" if ref.how == "log" else f"evaluate the {ref.retain_model.split} model"
+        what = f"given log {ref.log_file}" if ref.how == How.LOG else f"evaluate the {ref.retain_model.split} model"
         lines.append(f"  reference for {ref.forget_split}: {what}")
     lines.append(f"  evaluate the target model on {', '.join(r.forget_split for r in plan.references)}")
-    g = config.geffect
-    tracking = f"G-effects every {g.every} step(s), estimator {g.estimator}" + (", per item" if g.instances or g.scatter else "") + (", instance scatter" if g.scatter else "") if g.enabled else "no G-effects"
+    g = config.geffect.tracker
+    tracking = f"G-effects every {g.every} step(s), estimator {g.estimator}" + (", per item" if g.instances else "") + (", instance scatter" if g.scatter else "") if config.geffect.enabled else "no G-effects"
     lines.append(f"  {len(plan.runs)} unlearning run(s), {tracking}, each then evaluated:")
     for run in plan.runs:
         t = run.training

@@ -1,21 +1,46 @@
-"""What each stage of a study does, one function each; the pipeline decides when and caches the results.
+"""What each stage of a study does, one function each, and `Stage`, one unit of the pipeline's work.
 
 Every function writes its outputs into the folder it is given and returns nothing the pipeline needs:
-the reports read everything back from disk.
+the reports read everything back from disk. They are plain module-level functions of plain arguments, so a
+stage can run in a worker process.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+from geffect.evaluation.config import EvalConfig
 from geffect.io import atomic_write_json
-from geffect.study.config import EvalSection, FinetuneSection, GEffectSection
+from geffect.study.config import Tracking
 
 EVAL_FILE = "TOFU_EVAL.json"
 SUMMARY_FILE = "TOFU_SUMMARY.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One unit of a study's work: `work(*args)` writes `outputs`; `key` (everything it depends on) is
+    fingerprinted into its marker `stages/<kind>-<name>.json`. `everywhere`: every process runs it (the
+    unlearning runs under accelerate), else the main process does and the others wait for its marker."""
+
+    kind: str  # benchmark | finetune | reference | evaluate | unlearn
+    name: str
+    key: dict
+    work: Callable[..., None]
+    args: tuple = ()
+    outputs: tuple[Path, ...] = ()
+    everywhere: bool = False
+
+    @property
+    def marker(self) -> str:
+        return f"{self.kind}-{self.name}.json"
+
+    def run(self) -> None:
+        self.work(*self.args)
 
 
 def build_benchmark(folder: Path, authors: int, seed: int) -> None:
@@ -24,11 +49,11 @@ def build_benchmark(folder: Path, authors: int, seed: int) -> None:
     write_benchmark(folder, n_authors=authors, seed=seed, overwrite=True)
 
 
-def in_worker(work: Callable[..., None], args: tuple, threads: int) -> float:
-    """Run `work(*args)` in a worker process of a side-by-side stage with `threads` torch threads and its
-    stderr (progress bars, warnings) silenced: several processes would interleave their bars, and the study
-    prints one line per finished stage. Errors still reach the study, as the exception `work` raised.
-    Returns the seconds `work` took."""
+def in_worker(stage: Stage, threads: int) -> float:
+    """Run `stage` in a worker process of a side-by-side stage with `threads` torch threads and its stderr
+    (progress bars, warnings) silenced: several processes would interleave their bars, and the study prints
+    one line per finished stage. Errors still reach the study, as the exception the stage raised. Returns
+    the seconds it took."""
     import sys
     import time
 
@@ -38,32 +63,17 @@ def in_worker(work: Callable[..., None], args: tuple, threads: int) -> float:
     started = time.perf_counter()
     with open(os.devnull, "w", encoding="utf-8") as quiet:
         sys.stderr = quiet
-        work(*args)
+        stage.run()
     return time.perf_counter() - started
 
 
-def finetune_model(base: str, data: str, split: str, folder: Path, options: FinetuneSection, template: str) -> None:
-    from geffect.finetune import TINY_MODEL, finetune
+def finetune_model(base: str, data: str, split: str, folder: Path, options: dict[str, Any], template: str) -> None:
+    """`base` fine-tuned on `split` into `folder`, with the study's `model.finetune` options."""
+    from geffect.training.finetune import TINY_MODEL, FinetuneConfig, finetune
 
-    finetune(
-        data=data,
-        split=split,
-        model=base,
-        out=folder,
-        epochs=options.epochs,
-        lr=options.lr,
-        batch_size=options.batch_size,
-        seed=options.seed,
-        max_steps=options.max_steps,
-        template=template,
-        overwrite=True,
-        eval_limit=options.eval_limit,
-        warmup_ratio=options.warmup_ratio,
-        weight_decay=options.weight_decay,
-        max_length=options.max_length,
-        model_overrides=(options.tiny_overrides or None) if base == TINY_MODEL else None,
-        precision=options.precision,
-    )
+    if base != TINY_MODEL:  # architecture overrides only shape the tiny model
+        options = {k: v for k, v in options.items() if k != "model_overrides"}
+    finetune(FinetuneConfig(data=data, split=split, model=base, out=str(folder), template=template, overwrite=True, **options))
 
 
 def evaluate_model(
@@ -72,7 +82,7 @@ def evaluate_model(
     forget_split: str,
     template: str,
     reference: str | None,
-    options: EvalSection,
+    options: EvalConfig,
     folder: Path,
     dtype: str | None = None,
 ) -> None:
@@ -106,33 +116,23 @@ def summarize_log(log_file: str, folder: Path) -> None:
     atomic_write_json(folder / SUMMARY_FILE, summarize(log, log))
 
 
-def geffect_callbacks(options: GEffectSection) -> list:
+def geffect_callbacks(tracking: Tracking) -> list:
     """The G-effect tracker the unlearning loop calls each step (empty when tracking is off)."""
-    if not options.enabled:
+    if not tracking.enabled:
         return []
-    from geffect.effects.tracker import GEffectTracker, TrackerConfig
+    from geffect.effects.tracker import GEffectTracker
 
-    settings = {"every": options.every, "estimator": options.estimator, "instances": options.instances or options.scatter,
-                "scatter": options.scatter}
-    if options.probe_size is not None:
-        settings["probe_size"] = options.probe_size
-    return [GEffectTracker(TrackerConfig(**settings))]
+    return [GEffectTracker(tracking.tracker)]
 
 
-def unlearn_run(unlearn_config, options: GEffectSection) -> None:
+def unlearn_run(unlearn_config, tracking: Tracking) -> None:
     """One unlearning run; continues from its last checkpoint when an earlier attempt left one."""
-    from geffect.training.unlearn import unlearn
     from geffect.training.checkpoint import latest_checkpoint
+    from geffect.training.unlearn import unlearn
 
     folder = Path(unlearn_config.out)
     resumable = folder.is_dir() and latest_checkpoint(folder) is not None
     if folder.exists() and not resumable:
         shutil.rmtree(folder)
     unlearn_config.resume = resumable
-    unlearn(unlearn_config, callbacks=geffect_callbacks(options))
-
-
-def plot_run(folder: Path) -> None:
-    from geffect.reports.geffect_plots import plot_run as draw
-
-    draw(folder)
+    unlearn(unlearn_config, callbacks=geffect_callbacks(tracking))

@@ -4,6 +4,10 @@ The loop calls `after_backward` once per optimizer step, after the gradients of 
 accumulated in `p.grad` (unscaled, before clipping) and before `optimizer.step()`. A callback that wants to
 reuse the step's forward passes sets `retain_graph = True`; the loop then keeps the graph of the step's last
 micro-batch alive until the callback returns.
+
+A callback whose settings change what a run writes names them: `settings_name` (a key of config.yaml's
+`callbacks` section) and `settings()` (plain values). The trainer records them in config.yaml and, on
+`--resume`, refuses settings that differ from the interrupted run's.
 """
 
 from __future__ import annotations
@@ -15,19 +19,25 @@ from typing import Any, Protocol
 import torch
 
 from geffect.objectives.base import LossOutput, UnlearnBatch
+from geffect.runfolder import RunFolder
 
 
 @dataclass
 class RunContext:
-    run_dir: Path
+    folder: RunFolder
     model: torch.nn.Module  # unwrapped (accelerator.unwrap_model)
     accelerator: Any  # accelerate.Accelerator
     objective: Any  # geffect.objectives Objective
     ref_model: torch.nn.Module | None
     tokenizer: Any
-    config: dict  # the run's resolved configuration (as written to config.yaml)
+    options: Any  # the run's UnlearnConfig
+    template: Any  # the prompt Template the run encodes its items with
     total_steps: int
     start_step: int = 0  # > 0 when resuming
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder.path
 
 
 @dataclass
@@ -41,6 +51,9 @@ class StepContext:
 
 class StepCallback(Protocol):
     retain_graph: bool
+    settings_name: str | None  # None: nothing to record
+
+    def settings(self) -> dict: ...
 
     def on_train_begin(self, run: RunContext) -> None: ...
 

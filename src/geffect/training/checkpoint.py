@@ -27,19 +27,19 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from geffect.io import atomic_write_json
+from geffect.runfolder import RunFolder
 
-CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
 _NAME = re.compile(r"^step-(\d+)$")
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / CHECKPOINTS / f"step-{step:08d}"
+    return RunFolder(run_dir).checkpoints_dir / f"step-{step:08d}"
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """Complete checkpoints of a run as (step, folder), oldest first."""
-    folder = Path(run_dir) / CHECKPOINTS
+    folder = RunFolder(run_dir).checkpoints_dir
     if not folder.is_dir():
         return []
     found = []

@@ -1,21 +1,24 @@
-"""The options of an unlearning run, validated, and what `unlearn` returns."""
+"""The options of an unlearning run, each declared once (default, help, check), and what `unlearn` returns.
+
+`geffect unlearn`'s arguments and a study's `training:` section are derived from these declarations
+(geffect.options); fields whose `study` names another key are set by the study from that key.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from geffect.data.tofu import FORGET_SPLITS
 from geffect.errors import UsageError
+from geffect.options import at_least, check, non_negative, option, positive
 
 MIXED_PRECISION = ("auto", "no", "bf16")
 # Fields that may differ between an interrupted run and its `--resume` without changing the result.
 RESUME_FREE_FIELDS = frozenset({"out", "resume", "overwrite", "progress"})
+BY_STUDY = "(set by the study)"
 
 
 @dataclass
@@ -23,79 +26,56 @@ class UnlearnConfig:
     """Every option of an unlearning run. `batch_size` is per process and micro-step; one optimizer step
     sees `batch_size * grad_accum * world_size` forget items (the paper: 16)."""
 
-    model: str
-    data: str
-    out: str
-    forget: str = "forget10"
-    method: str = "GA"  # registry name or "METHOD+RETAIN" (e.g. "NPO+KL")
-    retain_loss: str | None = None  # None: the method's default (or the "+RETAIN" part of `method`)
-    gamma: float = 1.0
-    alpha: float = 1.0
-    hparams: dict[str, float] = field(default_factory=dict)  # method hyper-parameters (beta, ...)
-    kl_mask: str = "answer"
-    lr: float = 1e-5
-    epochs: int = 5
-    batch_size: int = 4
-    grad_accum: int = 4
-    max_grad_norm: float | None = None  # None: no clipping (the paper)
-    warmup_epochs: float = 1.0
-    weight_decay: float = 0.0
-    save_every: int = 0  # checkpoint every N optimizer steps; 0: none
-    keep_checkpoints: int = 1  # newest N kept; 0 keeps all
-    max_steps: int | None = None  # cap on optimizer steps (the schedule spans the capped run)
-    seed: int = 0
-    template: str | None = None  # None: chosen from the model name
-    max_length: int = 512
-    lora_r: int = 0  # 0: full fine-tuning
-    lora_alpha: float | None = None  # None: 2 * lora_r
-    mixed_precision: str = "auto"  # auto: bf16 on a GPU that supports it, else fp32
-    dtype: str | None = None  # dtype the weights are loaded in (None: float32)
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
+    # inputs and outputs
+    model: str = option(help="save_pretrained folder or hub id of the model to unlearn from", study="model.target")
+    data: str = option(help="TOFU folder (JSON Lines named like the hub) or hub id, e.g. locuslab/TOFU", study="benchmark")
+    out: str = option(help="run folder: config.yaml, log.jsonl, checkpoints/, model/", study=BY_STUDY)
+    forget: str = option("forget10", "forget split; its retain split is paired", choices=FORGET_SPLITS,
+                         study="forget_splits")  # fmt: skip
+    # the objective
+    method: str = option("GA", "GA, GradDiff, NPO, SimNPO, IdkPO, DPO, RMU, WGA, TNPO, WTNPO, SatImp, UNDIAL; or "
+                         "METHOD+RETAIN, e.g. NPO+KL", study="methods[].method", required=True)  # fmt: skip
+    retain_loss: str | None = option(None, "none, NLL (GD), KL or MSE; default: the method's",
+                                     study="methods[].retain_loss")  # fmt: skip
+    gamma: float = option(1.0, "weight of the forget loss", study="methods[].params.gamma")
+    alpha: float = option(1.0, "weight of the retain loss", study="methods[].params.alpha")
+    hparams: dict[str, float] = option(help="any method hyper-parameter (beta, ...); repeatable", flag="--hparam",
+                                       study="methods[].params", default_factory=dict)  # fmt: skip
+    kl_mask: str = option("answer", "KL over answer tokens ('answer') or every position ('all')")
+    # optimisation
+    lr: float = option(1e-5, "peak learning rate", check=positive)
+    epochs: int = option(5, "epochs over the forget split", check=at_least(1))
+    batch_size: int = option(4, "forget items per process and micro-step", check=at_least(1))
+    grad_accum: int = option(4, "micro-steps per optimizer step", check=at_least(1))
+    max_grad_norm: float | None = option(None, "clip the gradient norm (default: no clipping, as the paper)",
+                                         check=positive)  # fmt: skip
+    warmup_epochs: float = option(1.0, "linear warm-up length in epochs", check=non_negative)
+    weight_decay: float = option(0.0, "AdamW weight decay", check=non_negative)
+    save_every: int = option(0, "checkpoint every N optimizer steps (0: never)", check=at_least(0))
+    keep_checkpoints: int = option(1, "newest checkpoints kept (0: all)", check=at_least(0))
+    max_steps: int | None = option(None, "cap on optimizer steps (the schedule spans the capped run)", check=at_least(1))
+    seed: int = option(0, "seed of data order, pairing and initialisations", study="seeds")
+    template: str | None = option(None, "prompt template (phi, llama2, plain, chat); default from the model name",
+                                  study="template")  # fmt: skip
+    max_length: int = option(512, "max tokens per item", check=at_least(1))
+    lora_r: int = option(0, "LoRA rank (0: full fine-tuning)", check=at_least(0))
+    lora_alpha: float | None = option(None, "LoRA alpha (default 2 * rank)")
+    mixed_precision: str = option("auto", "auto (bf16 on a GPU that supports it, else fp32), no or bf16",
+                                  choices=MIXED_PRECISION)  # fmt: skip
+    dtype: str | None = option(None, "dtype the weights are loaded in (float32, bfloat16, ...; default float32)",
+                               study="model.dtype")  # fmt: skip
+    resume: bool = option(False, "continue the run in --out from its latest checkpoint", study=BY_STUDY)
+    overwrite: bool = option(False, "replace an existing --out", study=BY_STUDY)
+    progress: bool = option(True, "no progress bar", flag="--no-progress", study=BY_STUDY)
 
     def validate(self) -> None:
         """One-line UsageError for values no run can use."""
-        if self.forget not in FORGET_SPLITS:
-            raise UsageError(f"unknown forget split {self.forget!r}; choose one of {', '.join(FORGET_SPLITS)}")
-        positive_ints = ("epochs", "batch_size", "grad_accum", "max_length")
-        for name in positive_ints:
-            if int(getattr(self, name)) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("save_every", "keep_checkpoints", "lora_r"):
-            if int(getattr(self, name)) < 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise UsageError(f"--lr must be a positive number, got {self.lr}")
-        if not (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0):
-            raise UsageError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise UsageError(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        if self.max_grad_norm is not None and not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
-            raise UsageError(f"--max-grad-norm must be > 0, got {self.max_grad_norm}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise UsageError(f"--max-steps must be >= 1, got {self.max_steps}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise UsageError(f"unknown --mixed-precision {self.mixed_precision!r}; choose one of {', '.join(MIXED_PRECISION)}")
+        check(self)
         if self.resume and self.overwrite:
             raise UsageError("--resume and --overwrite exclude each other; pass one of them")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "UnlearnConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise UsageError(f"unknown unlearn option(s) {', '.join(unknown)}")
-        return cls(**values)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "UnlearnConfig":
-        """The options of a run from its `config.yaml` (the `options` section)."""
-        document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        return cls.from_dict(dict(document["options"]))
 
 
 @dataclass

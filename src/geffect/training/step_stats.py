@@ -11,13 +11,12 @@ from __future__ import annotations
 import torch
 
 from geffect.objectives.base import LossOutput, UnlearnBatch
-
-IGNORE_INDEX = -100
+from geffect.tokens import valid_tokens
 
 
 def _valid_tokens(batch: dict) -> torch.Tensor:
-    """Number of predicted label tokens (labels shifted by one, as every loss counts them)."""
-    return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+    """Number of predicted label tokens (labels shifted by one, as every loss counts them), on the device."""
+    return valid_tokens(batch["labels"])
 
 
 class StepStats:

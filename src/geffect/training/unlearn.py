@@ -15,21 +15,23 @@ import math
 import os
 import shutil
 import time
-from pathlib import Path
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
-import yaml
 
 from geffect import __version__
 from geffect.data.collate import pad_token_id
 from geffect.data.templates import get_template, template_for_model
 from geffect.data.tofu import RETAIN_FOR_FORGET, load_split
-from geffect.errors import UsageError
-from geffect.io import append_jsonl, atomic_write_json, atomic_write_text, prepare_output_dir, read_jsonl
+from geffect.errors import TrainingDiverged, UsageError
+from geffect.io import prepare_output_dir
+from geffect.models.lora import with_lora
 from geffect.models.loading import check_model_source, load_model, load_tokenizer
-from geffect.objectives import ObjectiveConfig, build_objective, parse_method_spec
+from geffect.objectives import ObjectiveConfig, build_objective
+from geffect.objectives import objective_config as make_objective_config
 from geffect.objectives.tokens import score
+from geffect.runfolder import RunFolder
 from geffect.training.batches import BatchBuilder, StepSampler, encode_records
 from geffect.training.callbacks import RunContext, StepCallback, StepContext
 from geffect.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -37,31 +39,114 @@ from geffect.training.config import RESUME_FREE_FIELDS, UnlearnConfig, UnlearnRe
 from geffect.training.schedule import build_scheduler, warmup_steps_for
 from geffect.training.step_stats import StepStats
 
-CONFIG_FILE, LOG_FILE, SUMMARY_FILE, MODEL_DIR = "config.yaml", "log.jsonl", "summary.json", "model"
 
+@dataclass
+class _Setup:
+    """Everything the loop needs, built by `set_up` in an order that keeps runs reproducible."""
 
-class TrainingDiverged(RuntimeError):
-    """The loss or the gradient became NaN/inf; the message is one line for the user."""
+    config: UnlearnConfig
+    accelerator: Any
+    folder: RunFolder
+    objective: Any
+    template: Any
+    tokenizer: Any
+    model: Any
+    ref_model: Any
+    optimizer: Any
+    scheduler: Any
+    sampler: StepSampler
+    builder: BatchBuilder
+    total_steps: int
+    start_step: int
 
 
 def unlearn(config: UnlearnConfig, callbacks: Sequence[StepCallback] = ()) -> UnlearnResult:
     """Run (or `config.resume`) one unlearning run; see UnlearnConfig for the options."""
+    s = set_up(config, callbacks)
+    accelerator, model, objective, sampler, folder = s.accelerator, s.model, s.objective, s.sampler, s.folder
+    run = RunContext(
+        folder=folder, model=accelerator.unwrap_model(model), accelerator=accelerator, objective=objective,
+        ref_model=s.ref_model, tokenizer=s.tokenizer, options=config, template=s.template,
+        total_steps=s.total_steps, start_step=s.start_step,
+    )  # fmt: skip
+    keep_graph = any(getattr(callback, "retain_graph", False) for callback in callbacks)
+    for callback in callbacks:
+        callback.on_train_begin(run)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=s.total_steps, initial=s.start_step, desc=f"unlearn {objective.name}", unit="step",
+               disable=not (config.progress and accelerator.is_main_process))  # fmt: skip
+    last_record = None
+    started = time.perf_counter()
+    try:
+        for step in range(s.start_step, s.total_steps):
+            stats = StepStats()
+            micro_batches = sampler.micro_batches(step, accelerator.process_index)
+            for position, micro in enumerate(micro_batches):
+                batch = s.builder.build(micro)
+                with accelerator.accumulate(model):
+                    with accelerator.autocast():
+                        out = objective(model, batch, s.ref_model)
+                        forget_risk = out.forget_risk
+                        if forget_risk is None:  # the objective did not score the original answers
+                            with torch.no_grad():
+                                forget_risk = score(model, batch.forget).risk()
+                    last = position == len(micro_batches) - 1
+                    _backward(accelerator, out.loss, retain_graph=keep_graph and last)
+                stats.add(out, batch, forget_risk)
+            record = stats.reduce(accelerator)
+            lr = s.scheduler.get_last_lr()[0]
+            if not math.isfinite(record["loss"]):
+                raise TrainingDiverged(_diverged("loss", record["loss"], step + 1, folder))
+
+            if callbacks:
+                context = StepContext(step=step + 1, lr=lr, batch=batch, loss_output=out)
+                for callback in callbacks:
+                    callback.after_backward(run, context)
+                del context
+            del out, forget_risk  # frees the kept graph
+
+            grad_norm = _clip_and_norm(accelerator, model, config.max_grad_norm)
+            if grad_norm is not None and not math.isfinite(grad_norm):
+                raise TrainingDiverged(_diverged("gradient norm", grad_norm, step + 1, folder))
+            _optimizer_step(accelerator, s.optimizer)
+            s.scheduler.step()
+            s.optimizer.zero_grad(set_to_none=True)
+
+            epoch = round((step + 1) / sampler.steps_per_epoch, 6)
+            last_record = {"step": step + 1, "epoch": epoch, **record, "lr": lr, "grad_norm": grad_norm}
+            if accelerator.is_main_process:
+                folder.append_log(last_record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4g}", forget_risk=f"{record['forget_risk']:.4g}", refresh=False)
+            if config.save_every and (step + 1) % config.save_every == 0:
+                _save_checkpoint(s, step)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - started
+    for callback in callbacks:
+        callback.on_train_end(run)
+    return _finish(s, seconds, last_record)
+
+
+def set_up(config: UnlearnConfig, callbacks: Sequence[StepCallback] = ()) -> _Setup:
+    """Check the input, open the run folder, then build the model, data, optimizer and schedule and load
+    the checkpoint of a resumed run; writes config.yaml. Everything that can be wrong with the input fails
+    before anything is written."""
     from accelerate.utils import set_seed
 
-    # --- everything that can be wrong with the input fails here, before anything is written -------------
     config.validate()
-    objective = build_objective(_objective_config(config))
+    objective = build_objective(objective_config(config))
     check_model_source(config.model)
     forget_records = load_split(config.data, config.forget)
     retain_records = load_split(config.data, RETAIN_FOR_FORGET[config.forget])
     template = get_template(config.template) if config.template else template_for_model(config.model)
     accelerator = _accelerator(config)
-    run_dir = _open_run_dir(accelerator, config)
+    folder = _open_run_dir(accelerator, config, callbacks)
 
-    # --- model, data, optimizer -----------------------------------------------------------------------
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
-    model = with_lora(load_model(config.model, dtype=config.dtype), config).train()
+    model = with_lora(load_model(config.model, dtype=config.dtype), config.lora_r, config.lora_alpha).train()
     encode = dict(tokenizer=tokenizer, template=template, max_length=config.max_length)
     forget_items = encode_records(records=forget_records, **encode)
     retain_items = encode_records(records=retain_records, **encode)
@@ -97,141 +182,62 @@ def unlearn(config: UnlearnConfig, callbacks: Sequence[StepCallback] = ()) -> Un
         "total_steps": total_steps,
         "warmup_steps": warmup,
     }
+    start_step = _resume(accelerator, folder, objective, config.resume)
+    if accelerator.is_main_process:
+        folder.keep_log_until(start_step)
+        folder.write_config(_document(config, resolved, callbacks))
+    accelerator.wait_for_everyone()
+    return _Setup(config, accelerator, folder, objective, template, tokenizer, model, ref_model, optimizer, scheduler,
+                  sampler, builder, total_steps, start_step)  # fmt: skip
+
+
+def _document(config: UnlearnConfig, resolved: dict, callbacks: Sequence[StepCallback]) -> dict:
+    """config.yaml: the options, the values they resolved to, and each callback's recorded settings."""
     document = {"geffect_version": __version__, "options": config.to_dict(), "resolved": resolved}
+    recorded = _callback_settings(callbacks)
+    if recorded:
+        document["callbacks"] = sorted(recorded)
+        document.update(recorded)
+    return document
 
-    # --- resume -----------------------------------------------------------------------------------------
-    start_step = 0
-    checkpoint = latest_checkpoint(run_dir) if config.resume else None
-    if checkpoint is not None:
-        trainer_state, objective_state = load_checkpoint(accelerator, checkpoint)
-        objective.load_state_dict(objective_state)
-        start_step = int(trainer_state["step"])
-    log_path = run_dir / LOG_FILE
+
+def _callback_settings(callbacks: Sequence[StepCallback]) -> dict[str, dict]:
+    return {c.settings_name: c.settings() for c in callbacks if getattr(c, "settings_name", None)}
+
+
+def _resume(accelerator, folder: RunFolder, objective, resume: bool) -> int:
+    """The step the run continues from: that of its latest checkpoint (objective state restored), else 0."""
+    checkpoint = latest_checkpoint(folder.path) if resume else None
+    if checkpoint is None:
+        return 0
+    trainer_state, objective_state = load_checkpoint(accelerator, checkpoint)
+    objective.load_state_dict(objective_state)
+    return int(trainer_state["step"])
+
+
+def _save_checkpoint(s: _Setup, step: int) -> None:
+    state = {"step": step + 1, "epoch": s.sampler.epoch_of(step), "data_position": (step + 1) * s.sampler.global_batch}
+    save_checkpoint(s.accelerator, s.folder.path, step + 1, state, s.objective.state_dict(), keep=s.config.keep_checkpoints)
+
+
+def _finish(s: _Setup, seconds: float, last_record: dict | None) -> UnlearnResult:
+    """RUN/model, then RUN/summary.json (last: it marks the run finished)."""
+    accelerator, folder = s.accelerator, s.folder
+    final_model = _save_final_model(accelerator, s.model, s.tokenizer, folder, lora=s.config.lora_r > 0)
+    summary = {}
     if accelerator.is_main_process:
-        _keep_log_until(log_path, start_step)
-        atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(document, sort_keys=False))
+        summary = _summary(folder, s.objective, s.total_steps, s.start_step, seconds, accelerator)
+        folder.write_summary(summary)
     accelerator.wait_for_everyone()
-
-    # --- the loop -----------------------------------------------------------------------------------------
-    run = RunContext(
-        run_dir=run_dir,
-        model=accelerator.unwrap_model(model),
-        accelerator=accelerator,
-        objective=objective,
-        ref_model=ref_model,
-        tokenizer=tokenizer,
-        config=document,
-        total_steps=total_steps,
-        start_step=start_step,
-    )
-    keep_graph = any(getattr(callback, "retain_graph", False) for callback in callbacks)
-    for callback in callbacks:
-        callback.on_train_begin(run)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        total=total_steps,
-        initial=start_step,
-        desc=f"unlearn {objective.name}",
-        unit="step",
-        disable=not (config.progress and accelerator.is_main_process),
-    )
-    last_record = None
-    started = time.perf_counter()
-    try:
-        for step in range(start_step, total_steps):
-            stats = StepStats()
-            micro_batches = sampler.micro_batches(step, accelerator.process_index)
-            for position, micro in enumerate(micro_batches):
-                batch = builder.build(micro)
-                with accelerator.accumulate(model):
-                    with accelerator.autocast():
-                        out = objective(model, batch, ref_model)
-                        forget_risk = out.forget_risk
-                        if forget_risk is None:  # the objective did not score the original answers
-                            with torch.no_grad():
-                                forget_risk = score(model, batch.forget).risk()
-                    last = position == len(micro_batches) - 1
-                    _backward(accelerator, out.loss, retain_graph=keep_graph and last)
-                stats.add(out, batch, forget_risk)
-            record = stats.reduce(accelerator)
-            lr = scheduler.get_last_lr()[0]
-            if not math.isfinite(record["loss"]):
-                raise TrainingDiverged(_diverged("loss", record["loss"], step + 1, run_dir))
-
-            if callbacks:
-                context = StepContext(step=step + 1, lr=lr, batch=batch, loss_output=out)
-                for callback in callbacks:
-                    callback.after_backward(run, context)
-                del context
-            del out, forget_risk  # frees the kept graph
-
-            grad_norm = _clip_and_norm(accelerator, model, config.max_grad_norm)
-            if grad_norm is not None and not math.isfinite(grad_norm):
-                raise TrainingDiverged(_diverged("gradient norm", grad_norm, step + 1, run_dir))
-            _optimizer_step(accelerator, optimizer)
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-
-            last_record = {
-                "step": step + 1,
-                "epoch": round((step + 1) / sampler.steps_per_epoch, 6),
-                **record,
-                "lr": lr,
-                "grad_norm": grad_norm,
-            }
-            if accelerator.is_main_process:
-                append_jsonl(log_path, last_record)
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.4g}", forget_risk=f"{record['forget_risk']:.4g}", refresh=False)
-            if config.save_every and (step + 1) % config.save_every == 0:
-                save_checkpoint(
-                    accelerator,
-                    run_dir,
-                    step + 1,
-                    {"step": step + 1, "epoch": sampler.epoch_of(step), "data_position": (step + 1) * sampler.global_batch},
-                    objective.state_dict(),
-                    keep=config.keep_checkpoints,
-                )
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - started
-    for callback in callbacks:
-        callback.on_train_end(run)
-
-    # --- final model and summary ----------------------------------------------------------------------------
-    final_model = _save_final_model(accelerator, model, tokenizer, run_dir, lora=config.lora_r > 0)
-    summary = _summary(log_path, objective, total_steps, start_step, seconds, accelerator) if accelerator.is_main_process else {}
-    if accelerator.is_main_process:
-        atomic_write_json(run_dir / SUMMARY_FILE, summary)
-    accelerator.wait_for_everyone()
-    return UnlearnResult(
-        run_dir=run_dir,
-        model_dir=run_dir / MODEL_DIR,
-        steps=total_steps,
-        summary=summary,
-        last_log=last_record,
-        model=final_model,
-    )
+    return UnlearnResult(run_dir=folder.path, model_dir=folder.model_dir, steps=s.total_steps, summary=summary,
+                         last_log=last_record, model=final_model)  # fmt: skip
 
 
 # --- helpers, in the order the loop uses them -------------------------------------------------------------
 
 
-def _objective_config(config: UnlearnConfig) -> ObjectiveConfig:
-    method, spec_retain = parse_method_spec(config.method)
-    if spec_retain is not None and config.retain_loss is not None and spec_retain.lower() != config.retain_loss.lower():
-        raise UsageError(
-            f"--method {config.method} names retain loss {spec_retain} but --retain-loss is {config.retain_loss}; give one"
-        )
-    return ObjectiveConfig(
-        method=method,
-        retain_loss=config.retain_loss if config.retain_loss is not None else spec_retain,
-        gamma=config.gamma,
-        alpha=config.alpha,
-        hparams=dict(config.hparams),
-        kl_mask=config.kl_mask,
-    )
+def objective_config(config: UnlearnConfig) -> ObjectiveConfig:
+    return make_objective_config(config.method, config.retain_loss, config.gamma, config.alpha, config.hparams, config.kl_mask)
 
 
 def _accelerator(config: UnlearnConfig):
@@ -258,54 +264,51 @@ def _accelerator(config: UnlearnConfig):
     )
 
 
-def _open_run_dir(accelerator, config: UnlearnConfig) -> Path:
+def _open_run_dir(accelerator, config: UnlearnConfig, callbacks: Sequence[StepCallback]) -> RunFolder:
     """Check RUN on every process before any of them writes; the main process then creates or wipes it."""
-    run_dir = Path(config.out)
+    folder = RunFolder(config.out)
+    run_dir = folder.path
     nonempty = run_dir.is_dir() and any(run_dir.iterdir())
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"output path {run_dir} exists and is not a folder; choose another --out")
     if nonempty and not (config.overwrite or config.resume):
         raise UsageError(f"run folder {run_dir} already exists; pass --resume to continue it, --overwrite to replace it, or another --out")
     if nonempty and config.resume:
-        _check_resumable(run_dir, config, accelerator.num_processes)
+        _check_resumable(folder, config, accelerator.num_processes, callbacks)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         prepare_output_dir(run_dir, overwrite=config.overwrite, resume=config.resume)
     accelerator.wait_for_everyone()
-    return run_dir
+    return folder
 
 
-def _check_resumable(run_dir: Path, config: UnlearnConfig, world_size: int) -> None:
-    if (run_dir / SUMMARY_FILE).exists():
-        raise UsageError(f"run {run_dir} already finished; pass --overwrite to run it again")
-    config_path = run_dir / CONFIG_FILE
-    if not config_path.exists():
+def _check_resumable(folder: RunFolder, config: UnlearnConfig, world_size: int, callbacks: Sequence[StepCallback]) -> None:
+    if folder.finished:
+        raise UsageError(f"run {folder.path} already finished; pass --overwrite to run it again")
+    saved = folder.read_config()
+    if not saved:
         return  # killed before writing its config: nothing to continue, start afresh
-    saved = yaml.safe_load(config_path.read_text(encoding="utf-8"))
     old, new = saved["options"], config.to_dict()
     changed = sorted(k for k in set(old) | set(new) if k not in RESUME_FREE_FIELDS and old.get(k) != new.get(k))
     if changed:
         details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
         raise UsageError(f"--resume needs the options of the interrupted run; changed: {details}")
     if saved["resolved"]["world_size"] != world_size:
-        raise UsageError(f"run {run_dir} ran on {saved['resolved']['world_size']} processes; resume it on as many (now {world_size})")
+        raise UsageError(f"run {folder.path} ran on {saved['resolved']['world_size']} processes; resume it on as many (now {world_size})")
+    _check_callback_settings({name: saved[name] for name in saved.get("callbacks", [])}, _callback_settings(callbacks))
 
 
-def with_lora(model, config: UnlearnConfig):
-    """`model` wrapped with LoRA adapters (peft) when `config.lora_r` > 0, else unchanged."""
-    if config.lora_r == 0:
-        return model
-    from peft import LoraConfig, get_peft_model
-
-    lora = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha if config.lora_alpha is not None else 2 * config.lora_r,
-        lora_dropout=0.0,
-        target_modules="all-linear",
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, lora)
+def _check_callback_settings(saved: dict[str, dict], new: dict[str, dict]) -> None:
+    """--resume must observe the run as the interrupted one did (RUN/geffect.jsonl would mix two settings)."""
+    for name in sorted(set(saved) | set(new)):
+        old, now = saved.get(name), new.get(name)
+        if old == now:
+            continue
+        if old is None or now is None:
+            change = f"the run had no {name}" if old is None else f"the run had {name}"
+        else:
+            change = "changed: " + ", ".join(f"{k}: {old.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k))
+        raise UsageError(f"--resume needs the {name} settings of the interrupted run; {change}")
 
 
 def _refusal(seed: int):
@@ -384,27 +387,13 @@ def _optimizer_step(accelerator, optimizer) -> None:
     optimizer.step()  # a no-op wrapper under DeepSpeed
 
 
-def _diverged(what: str, value: float, step: int, run_dir: Path) -> str:
-    checkpoint = latest_checkpoint(run_dir)
+def _diverged(what: str, value: float, step: int, folder: RunFolder) -> str:
+    checkpoint = latest_checkpoint(folder.path)
     kept = f"last good checkpoint: {checkpoint}" if checkpoint else "no checkpoint was written (see --save-every)"
     return f"{what} is {value} at optimizer step {step}; run stopped before the update ({kept}); lower --lr or add --max-grad-norm"
 
 
-def _keep_log_until(log_path: Path, step: int) -> None:
-    """A resumed run continues the log of its checkpoint: later lines (lost work) are dropped."""
-    if not log_path.exists():
-        return
-    kept = [record for record in read_jsonl(log_path) if record["step"] <= step] if step else []
-    atomic_write_text(log_path, "".join(_json_line(record) for record in kept))
-
-
-def _json_line(record: dict) -> str:
-    import json
-
-    return json.dumps(record, ensure_ascii=False) + "\n"
-
-
-def _save_final_model(accelerator, model, tokenizer, run_dir: Path, lora: bool):
+def _save_final_model(accelerator, model, tokenizer, folder: RunFolder, lora: bool):
     """RUN/model as a save_pretrained folder (safetensors); LoRA adapters are merged into the weights."""
     accelerator.wait_for_everyone()
     state_dict = None if lora else accelerator.get_state_dict(model)  # gathers shards under ZeRO-3 / FSDP
@@ -412,7 +401,7 @@ def _save_final_model(accelerator, model, tokenizer, run_dir: Path, lora: bool):
     if lora:
         unwrapped = unwrapped.merge_and_unload()
     if accelerator.is_main_process:
-        final, tmp = run_dir / MODEL_DIR, run_dir / f".{MODEL_DIR}.tmp"
+        final, tmp = folder.model_dir, folder.path / f".{folder.MODEL}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -422,8 +411,8 @@ def _save_final_model(accelerator, model, tokenizer, run_dir: Path, lora: bool):
     return unwrapped
 
 
-def _summary(log_path: Path, objective, total_steps: int, start_step: int, seconds: float, accelerator) -> dict:
-    records = read_jsonl(log_path) if log_path.exists() else []
+def _summary(folder: RunFolder, objective, total_steps: int, start_step: int, seconds: float, accelerator) -> dict:
+    records = folder.read_log()
     ran = total_steps - start_step
     first, last = (records[0], records[-1]) if records else (None, None)
     return {

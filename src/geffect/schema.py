@@ -67,7 +67,8 @@ def convert(hint: Any, value: Any, path: str) -> Any:
         _, item = typing.get_args(hint)
         return {str(k): convert(item, v, _join(path, str(k))) for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
-        return build(hint, value, path)
+        # A section with its own rules (e.g. a study's `geffect:`) builds itself.
+        return hint.from_section(value, path) if hasattr(hint, "from_section") else build(hint, value, path)
     return _scalar(hint, value, path)
 
 

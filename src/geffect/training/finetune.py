@@ -1,24 +1,24 @@
 """Fine-tuning of the target model (split `full`) or a retain model (`retain90`, ...) on QA data.
 
 The loop is deliberately plain (nanoGPT-style): length-grouped shuffled batches, AdamW, linear warm-up then
-linear decay, mean answer-token NLL (`outputs.loss`), a NaN check every step. With `--model tiny` the tokenizer
-and the model are built from scratch (`geffect.models.tiny`); any other model is a hub id or a local folder.
-The general-knowledge corpus `general.json` of the built-in benchmark is added to the training data when the
-data folder has one (it stands in for pre-training).
+linear decay (`geffect.training.schedule`, as unlearning), mean answer-token NLL (`outputs.loss`), a NaN check
+every step. With `--model tiny` the tokenizer and the model are built from scratch (`geffect.models.tiny`);
+any other model is a hub id or a local folder. The general-knowledge corpus `general.json` of the built-in
+benchmark is added to the training data when the data folder has one (it stands in for pre-training).
 
 The run ends with the exact-match accuracy: the fraction of the split's QA records whose answer the model
-reproduces exactly under greedy decoding.
+reproduces exactly under greedy decoding (`geffect.evaluation.generation`, as the evaluation's ROUGE).
+The options are `FinetuneConfig` (geffect.training.finetune_config).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -27,47 +27,24 @@ from tqdm.auto import tqdm
 
 from geffect import __version__
 from geffect.data import tofu
-from geffect.data.collate import IGNORE_INDEX, EncodedItem, collate, encode_prompt, encode_qa, pad_token_id
+from geffect.data.collate import EncodedItem, collate, encode_qa, pad_token_id
 from geffect.data.templates import Template, get_template, template_for_model
-from geffect.errors import UsageError
-from geffect.io import atomic_write_json
+from geffect.errors import TrainingDiverged
+from geffect.evaluation.generation import generate_answers
+from geffect.io import atomic_write_json, check_output_dir
 from geffect.models import tiny as tiny_preset
 from geffect.models.answer_logits import accepts_logits_to_keep, answer_logits
+from geffect.tokens import IGNORE_INDEX
+from geffect.training.finetune_config import (
+    PRETRAINED_DEFAULTS,
+    TINY_MODEL,
+    FinetuneConfig,
+    FinetuneResult,
+    check_precision,
+)
+from geffect.training.schedule import build_scheduler, warmup_steps_of_ratio
 
-TINY_MODEL = "tiny"
-# Defaults for pretrained models: the TOFU paper's fine-tuning recipe (lr 1e-5, batch 16, 5 epochs).
-PRETRAINED_DEFAULTS = {"epochs": 5, "lr": 1e-5, "batch_size": 16, "warmup_ratio": 0.2, "weight_decay": 0.0,
-                       "max_length": 512, "precision": "auto"}
-PRECISIONS = ("auto", "fp32", "bf16")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-class TrainingDiverged(UsageError):
-    """The loss became NaN or infinite; the run stops and writes nothing."""
-
-
-@dataclass
-class FinetuneResult:
-    out: Path
-    accuracy: float  # exact-match accuracy on `eval_items` records of the split
-    eval_items: int
-    split_items: int  # records of the split (eval_items < split_items when a sample was scored)
-    steps: int
-    train_seconds: float
-    eval_seconds: float
-    first_loss: float
-    last_loss: float
-    config: dict = field(default_factory=dict)
-
-
-def check_model_name(model: str) -> None:
-    """`tiny`, an existing folder, or something shaped like a hub id (`owner/name`); anything else is a typo."""
-    if model == TINY_MODEL or Path(model).expanduser().exists() or model.startswith((".", "/", "~")):
-        return
-    if not _HUB_ID.match(model):
-        raise UsageError(
-            f"unknown model {model!r}: pass 'tiny', an existing save_pretrained folder, or a hub id such as microsoft/phi-1_5"
-        )
+HYPER_PARAMETERS = ("epochs", "lr", "batch_size", "warmup_ratio", "weight_decay", "max_length", "precision")
 
 
 def training_records(data: str, split: str, include_general: bool = True) -> tuple[list[dict], list[dict]]:
@@ -107,11 +84,6 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown --precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-
-
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bf16 for `bf16`, and for `auto` where the hardware has it; None (fp32) otherwise."""
     check_precision(precision)
@@ -144,13 +116,6 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
 
 
-def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float):
-    from transformers import get_linear_schedule_with_warmup
-
-    warmup = int(round(warmup_ratio * total_steps))
-    return get_linear_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
-
-
 def train(
     model: torch.nn.Module,
     items: Sequence[EncodedItem],
@@ -181,7 +146,7 @@ def train(
     steps_per_epoch = math.ceil(len(items) / batch_size)
     total_steps = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
     optimizer = make_optimizer(model, lr, weight_decay)
-    scheduler = linear_schedule(optimizer, total_steps, warmup_ratio)
+    scheduler = build_scheduler(optimizer, warmup_steps_of_ratio(warmup_ratio, total_steps), total_steps)
     generator = torch.Generator().manual_seed(seed)
     lengths = [len(item.input_ids) for item in items]
     losses: list[float] = []
@@ -215,44 +180,6 @@ def train(
     return losses
 
 
-@torch.no_grad()
-def greedy_answers(
-    model, tokenizer, questions: Sequence[str], template: Template, batch_size: int = 64, max_new_tokens: int = 64
-) -> list[str]:
-    """Greedy continuations of each question's prompt, up to EOS, decoded without special tokens.
-
-    Prompts are left-padded (as generation requires) and batched in length order to keep padding small.
-    """
-    device = next(model.parameters()).device
-    pad_id = pad_token_id(tokenizer)
-    prompts = []
-    for i, question in enumerate(questions):
-        ids = encode_prompt(tokenizer, template, question)
-        prompts.append(EncodedItem(ids, [IGNORE_INDEX] * len(ids), i))
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].input_ids))
-    outputs: list[str] = [""] * len(prompts)
-    was_training = model.training
-    model.eval()
-    for start in range(0, len(order), batch_size):
-        chunk = [prompts[i] for i in order[start : start + batch_size]]
-        batch = collate(chunk, pad_id, padding_side="left")
-        generated = model.generate(
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        width = batch["input_ids"].shape[1]
-        for item, row in zip(chunk, generated[:, width:].tolist()):
-            if tokenizer.eos_token_id in row:
-                row = row[: row.index(tokenizer.eos_token_id)]
-            outputs[item.index] = tokenizer.decode(row, skip_special_tokens=True)
-    model.train(was_training)
-    return outputs
-
-
 def answer_token_budget(tokenizer, records: Sequence[dict], template: Template, slack: int = 2) -> int:
     """Enough new tokens for the longest answer (plus EOS) of `records`, so every exact match is reachable."""
     return max(len(tokenizer(template.answer(r["answer"]), add_special_tokens=False)["input_ids"]) for r in records) + slack
@@ -267,7 +194,8 @@ def exact_match_accuracy(
         raise ValueError("exact_match_accuracy needs at least one record")
     if max_new_tokens is None:
         max_new_tokens = answer_token_budget(tokenizer, records, template)
-    generated = greedy_answers(model, tokenizer, [r["question"] for r in records], template, batch_size, max_new_tokens)
+    questions = [r["question"] for r in records]
+    generated = generate_answers(model, tokenizer, template, questions, batch_size, max_new_tokens, progress=False)
     hits = sum(g.strip() == template.answer(r["answer"]).strip() for g, r in zip(generated, records))
     return hits / len(records)
 
@@ -280,13 +208,6 @@ def fixed_sample(records: Sequence[dict], limit: int | None) -> list[dict]:
         return []
     step = len(records) / limit
     return [records[int(i * step)] for i in range(limit)]
-
-
-def _refuse_existing(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output path {out} exists and is not a folder; choose another --out")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UsageError(f"output folder {out} already exists; pass --overwrite to replace it or choose another --out")
 
 
 def _save_atomically(out: Path, model, tokenizer, summary: dict) -> None:
@@ -309,104 +230,111 @@ def _save_atomically(out: Path, model, tokenizer, summary: dict) -> None:
         raise
 
 
-def _defaults(model: str) -> dict:
-    if model == TINY_MODEL:
-        preset = tiny_preset.TINY
-        names = ("epochs", "lr", "batch_size", "warmup_ratio", "weight_decay", "max_length", "precision")
-        return {name: getattr(preset, name) for name in names}
-    return dict(PRETRAINED_DEFAULTS)
+def hyper_parameters(config: FinetuneConfig) -> dict:
+    """The run's hyper-parameters (HYPER_PARAMETERS): the config's, where None the model kind's defaults."""
+    if config.model == TINY_MODEL:
+        settings = {name: getattr(tiny_preset.TINY, name) for name in HYPER_PARAMETERS}
+    else:
+        settings = dict(PRETRAINED_DEFAULTS)
+    settings.update({name: getattr(config, name) for name in HYPER_PARAMETERS if getattr(config, name) is not None})
+    return settings
 
 
-def finetune(
-    data: str,
-    split: str,
-    model: str,
-    out: str | os.PathLike,
-    epochs: int | None = None,
-    lr: float | None = None,
-    batch_size: int | None = None,
-    seed: int = 0,
-    max_steps: int | None = None,
-    include_general: bool = True,
-    template: str | None = None,
-    overwrite: bool = False,
-    eval_limit: int | None = None,
-    eval_batch_size: int = 64,
-    warmup_ratio: float | None = None,
-    weight_decay: float | None = None,
-    max_length: int | None = None,
-    model_overrides: dict | None = None,
-    progress: bool = True,
-    precision: str | None = None,
-) -> FinetuneResult:
-    """Fine-tune `model` on `split` (+ the general corpus) of `data` and save it to `out`.
+@dataclass
+class _Run:
+    """A run set up: the model on its device, its tokenizer and template, the records, the encoded items."""
 
-    `None` hyper-parameters take the defaults of the model kind (`TinyPreset` for tiny, the TOFU recipe
-    otherwise). `eval_limit` caps the exact-match evaluation to a fixed evenly spaced sample; None = all
-    records of the split, 0 = skip it. `model_overrides` change the tiny architecture (tests use it).
-    """
-    out = Path(out)
-    _refuse_existing(out, overwrite)
-    check_model_name(model)
-    if model != TINY_MODEL and model_overrides:
-        raise UsageError("model_overrides only apply to --model tiny")
-    records, general = training_records(data, split, include_general)
-    settings = _defaults(model)
-    given = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "warmup_ratio": warmup_ratio,
-             "weight_decay": weight_decay, "max_length": max_length, "precision": precision}
-    settings.update({k: v for k, v in given.items() if v is not None})
-    check_precision(settings["precision"])  # before the data and the model are loaded
-    for name in ("epochs", "batch_size", "max_length"):
-        if settings[name] < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {settings[name]}")
-    if settings["lr"] <= 0:
-        raise UsageError(f"--lr must be positive, got {settings['lr']}")
-    if max_steps is not None and max_steps < 1:
-        raise UsageError(f"--max-steps must be at least 1, got {max_steps}")
+    model: torch.nn.Module
+    tokenizer: object
+    template: Template
+    device: torch.device
+    records: list[dict]
+    general: list[dict]
+    items: list[EncodedItem]
 
-    if model == TINY_MODEL:
-        net, tokenizer = tiny_preset.build_tiny(data, seed=seed, **(model_overrides or {}))
-        chosen_template = get_template(template or "plain")
+
+def _set_up(config: FinetuneConfig, settings: dict) -> _Run:
+    records, general = training_records(config.data, config.split, config.include_general)
+    if config.model == TINY_MODEL:
+        net, tokenizer = tiny_preset.build_tiny(config.data, seed=config.seed, **(config.model_overrides or {}))
+        template = get_template(config.template or "plain")
     else:
         from geffect.models.loading import load_model_and_tokenizer
 
-        net, tokenizer = load_model_and_tokenizer(model)
-        chosen_template = get_template(template) if template else template_for_model(model)
+        net, tokenizer = load_model_and_tokenizer(config.model)
+        template = get_template(config.template) if config.template else template_for_model(config.model)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net.to(device)
-
-    train_data = records + general
     items = [
-        encode_qa(tokenizer, chosen_template, r["question"], r["answer"], index=i, max_length=settings["max_length"])
-        for i, r in enumerate(train_data)
+        encode_qa(tokenizer, template, r["question"], r["answer"], index=i, max_length=settings["max_length"])
+        for i, r in enumerate(records + general)
     ]
-    started = time.perf_counter()
-    losses = train(
-        net, items, pad_token_id(tokenizer), settings["epochs"], settings["lr"], settings["batch_size"], seed,
-        max_steps=max_steps, warmup_ratio=settings["warmup_ratio"], weight_decay=settings["weight_decay"], progress=progress,
-        precision=settings["precision"],
-    )
-    train_seconds = time.perf_counter() - started
+    return _Run(net, tokenizer, template, device, records, general, items)
+
+
+def _train(run: _Run, config: FinetuneConfig, settings: dict) -> list[float]:
+    return train(
+        run.model, run.items, pad_token_id(run.tokenizer), settings["epochs"], settings["lr"], settings["batch_size"],
+        config.seed, max_steps=config.max_steps, warmup_ratio=settings["warmup_ratio"],
+        weight_decay=settings["weight_decay"], progress=config.progress, precision=settings["precision"],
+    )  # fmt: skip
+
+
+def _evaluate(run: _Run, config: FinetuneConfig) -> tuple[list[dict], float]:
+    """(the records scored, their exact-match accuracy; NaN when none are)."""
+    eval_records = fixed_sample(run.records, config.eval_limit)
+    if not eval_records:
+        return eval_records, float("nan")
+    return eval_records, exact_match_accuracy(run.model, run.tokenizer, eval_records, run.template, batch_size=config.eval_batch_size)
+
+
+def finetune(config: FinetuneConfig) -> FinetuneResult:
+    """Fine-tune `config.model` on `config.split` (+ the general corpus) of `config.data` and save it to
+    `config.out` (atomically: a diverged or failed run leaves no folder behind; with `overwrite` the old
+    folder stays until the new one is complete). Every check runs before anything is loaded."""
+    config.validate()
+    settings = hyper_parameters(config)
+    out = Path(config.out)
+    check_output_dir(out, config.overwrite)
+    run = _set_up(config, settings)
 
     started = time.perf_counter()
-    eval_records = fixed_sample(records, eval_limit)
-    accuracy = (
-        exact_match_accuracy(net, tokenizer, eval_records, chosen_template, batch_size=eval_batch_size)
-        if eval_records else float("nan")
-    )
+    losses = _train(run, config, settings)
+    train_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    eval_records, accuracy = _evaluate(run, config)
     eval_seconds = time.perf_counter() - started
 
-    config = {
-        "data": str(data), "split": split, "model": model, "template": chosen_template.name, "seed": seed,
-        "max_steps": max_steps, "include_general": include_general, **settings,
-        "model_overrides": model_overrides or {},
-    }
-    if model == TINY_MODEL:
-        config["tiny_preset"] = asdict(tiny_preset.TINY)
-    summary = {
-        "config": config,
+    run_config = _run_config(config, run.template, settings)
+    summary = _summary(run, run_config, losses, eval_records, accuracy, train_seconds, eval_seconds, settings)
+    _save_atomically(out, run.model, run.tokenizer, summary)
+    return FinetuneResult(
+        out=out, accuracy=accuracy, eval_items=len(eval_records), split_items=len(run.records), steps=len(losses),
+        train_seconds=train_seconds, eval_seconds=eval_seconds, first_loss=losses[0] if losses else math.nan,
+        last_loss=losses[-1] if losses else math.nan, config=run_config,
+    )  # fmt: skip
+
+
+def _run_config(config: FinetuneConfig, template: Template, settings: dict) -> dict:
+    """The options the run used, as finetune.json records them."""
+    run_config = {
+        "data": str(config.data), "split": config.split, "model": config.model, "template": template.name,
+        "seed": config.seed, "max_steps": config.max_steps, "include_general": config.include_general, **settings,
+        "model_overrides": config.model_overrides or {},
+    }  # fmt: skip
+    if config.model == TINY_MODEL:
+        run_config["tiny_preset"] = asdict(tiny_preset.TINY)
+    return run_config
+
+
+def _summary(run: _Run, run_config: dict, losses: list[float], eval_records: list[dict], accuracy: float,
+             train_seconds: float, eval_seconds: float, settings: dict) -> dict:  # fmt: skip
+    """finetune.json."""
+    records = run.records
+    return {
+        "config": run_config,
         "train_items": len(records),
-        "general_items": len(general),
+        "general_items": len(run.general),
         "steps": len(losses),
         "train_seconds": round(train_seconds, 3),
         "eval_seconds": round(eval_seconds, 3),
@@ -422,14 +350,8 @@ def finetune(
         "losses": [round(x, 5) for x in losses],
         "versions": {"geffect": __version__, "torch": torch.__version__, "transformers": _transformers_version()},
         "threads": torch.get_num_threads(),
-        "autocast": str(autocast_dtype(settings["precision"], device)),
+        "autocast": str(autocast_dtype(settings["precision"], run.device)),
     }
-    _save_atomically(out, net, tokenizer, summary)
-    return FinetuneResult(
-        out=out, accuracy=accuracy, eval_items=len(eval_records), split_items=len(records), steps=len(losses), train_seconds=train_seconds,
-        eval_seconds=eval_seconds, first_loss=losses[0] if losses else math.nan,
-        last_loss=losses[-1] if losses else math.nan, config=config,
-    )
 
 
 def _transformers_version() -> str:
