@@ -44,8 +44,11 @@ def main() -> int:
         shutil.rmtree(out)
     import torch
 
-    print(f"bench_demo: {config.name}, {len(config.methods)} method entries, torch threads {torch.get_num_threads()}, "
-          f"cpus {os.cpu_count()}, out {out}", file=sys.stderr)
+    print(
+        f"bench_demo: {config.name}, {len(config.methods)} method entries, torch threads {torch.get_num_threads()}, "
+        f"cpus {os.cpu_count()}, out {out}",
+        file=sys.stderr,
+    )
     started = time.perf_counter()
     try:
         run_study(config, out)
@@ -58,7 +61,9 @@ def main() -> int:
     print(f"{'stage':<10} {'item':<42} {'seconds':>8}  status")
     per_kind: dict[str, list[float]] = defaultdict(list)
     for stage in stages:
-        print(f"{stage['stage']:<10} {stage['name']:<42} {stage['seconds']:8.1f}  {'cached' if stage['cached'] else 'ran'}")
+        print(
+            f"{stage['stage']:<10} {stage['name']:<42} {stage['seconds']:8.1f}  {'cached' if stage['cached'] else 'ran'}"
+        )
         if not stage["cached"]:
             per_kind[stage["stage"]].append(stage["seconds"])
     print()

@@ -28,7 +28,9 @@ def main() -> None:
     parser.add_argument("--forget", default="forget10")
     parser.add_argument("--template", default="plain")
     parser.add_argument("--authors", type=int, default=100, help="built-in benchmark size when --data is not given")
-    parser.add_argument("--compare-items", type=int, default=32, help="items per set in the batched vs one-at-a-time comparison")
+    parser.add_argument(
+        "--compare-items", type=int, default=32, help="items per set in the batched vs one-at-a-time comparison"
+    )
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
@@ -46,8 +48,16 @@ def main() -> None:
         def run(batch_size: int, ds_size: int | None) -> tuple[float, float, dict]:
             # Wall time and this process's CPU time: on a shared machine the CPU time is the steadier measure.
             wall, cpu = time.perf_counter(), time.process_time()
-            result = evaluate(model, tokenizer, data, args.forget, args.template, ds_size=ds_size,
-                              batch_size=batch_size, max_new_tokens=args.max_new_tokens)
+            result = evaluate(
+                model,
+                tokenizer,
+                data,
+                args.forget,
+                args.template,
+                ds_size=ds_size,
+                batch_size=batch_size,
+                max_new_tokens=args.max_new_tokens,
+            )
             return time.perf_counter() - wall, time.process_time() - cpu, result
 
         batched_s, batched_cpu, batched = run(args.batch_size, args.compare_items)
@@ -67,7 +77,9 @@ def main() -> None:
                 "batched_cpu_seconds": round(batched_cpu, 2),
                 "one_at_a_time_cpu_seconds": round(single_cpu, 2),
                 "speedup_cpu_time": round(single_cpu / batched_cpu, 2),
-                "same_model_utility": _close(batched["model_utility"]["agg_value"], single["model_utility"]["agg_value"]),
+                "same_model_utility": _close(
+                    batched["model_utility"]["agg_value"], single["model_utility"]["agg_value"]
+                ),
             },
         }
         if not args.skip_full:
@@ -101,7 +113,9 @@ def _model(path: str | None, data: str):
 
 
 def _close(a: float | None, b: float | None) -> bool:
-    return a is None and b is None or (a is not None and b is not None and abs(a - b) <= 1e-4 * max(abs(a), abs(b), 1e-12))
+    return (
+        a is None and b is None or (a is not None and b is not None and abs(a - b) <= 1e-4 * max(abs(a), abs(b), 1e-12))
+    )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ def train_one(data: str, split: str, out: str, seed: int, threads: int | None, p
     if threads:
         torch.set_num_threads(threads)
     started = time.perf_counter()
-    result = finetune(FinetuneConfig(data=data, split=split, model="tiny", out=out, seed=seed, overwrite=True, progress=progress))
+    result = finetune(
+        FinetuneConfig(data=data, split=split, model="tiny", out=out, seed=seed, overwrite=True, progress=progress)
+    )
     return {
         "split": split,
         "train_s": round(result.train_seconds, 1),
@@ -55,10 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--authors", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work", default=None, help="folder for the benchmark data and models (default: a temporary one)")
-    parser.add_argument("--sequential", action="store_true",
-                        help="train the two models one after the other with torch's default threads, instead of "
-                             "side by side with one thread (one core) each")
+    parser.add_argument(
+        "--work", default=None, help="folder for the benchmark data and models (default: a temporary one)"
+    )
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="train the two models one after the other with torch's default threads, instead of "
+        "side by side with one thread (one core) each",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
@@ -78,16 +85,30 @@ def main(argv: list[str] | None = None) -> int:
                 results = [future.result() for future in futures]
         elapsed = time.perf_counter() - started
     for r in results:
-        print(f"{r['split']:>9}: training {r['train_s']:6.1f} s ({r['steps']} steps), exact match {r['exact_match']:.4f} "
-              f"on all {r['eval_items']} records (evaluation {r['eval_s']:.1f} s, whole run {r['run_s']:.1f} s)")
+        print(
+            f"{r['split']:>9}: training {r['train_s']:6.1f} s ({r['steps']} steps), exact match {r['exact_match']:.4f} "
+            f"on all {r['eval_items']} records (evaluation {r['eval_s']:.1f} s, whole run {r['run_s']:.1f} s)"
+        )
     train_total = sum(r["train_s"] for r in results)
     train_wall = train_total if args.sequential else max(r["train_s"] for r in results)
     ok = train_wall <= TIME_LIMIT_S and all(r["exact_match"] >= MIN_ACCURACY for r in results)
-    print(f"    total: training {train_wall:.1f} s wall ({train_total:.1f} s summed over the two runs), "
-          f"everything {elapsed:.1f} s wall; limit {TIME_LIMIT_S:.0f} s, exact match >= {MIN_ACCURACY}: "
-          f"{'PASS' if ok else 'FAIL'}")
-    print(json.dumps({"mode": mode, "results": results, "train_wall_s": round(train_wall, 1),
-                      "train_summed_s": round(train_total, 1), "wall_s": round(elapsed, 1), "pass": ok}))
+    print(
+        f"    total: training {train_wall:.1f} s wall ({train_total:.1f} s summed over the two runs), "
+        f"everything {elapsed:.1f} s wall; limit {TIME_LIMIT_S:.0f} s, exact match >= {MIN_ACCURACY}: "
+        f"{'PASS' if ok else 'FAIL'}"
+    )
+    print(
+        json.dumps(
+            {
+                "mode": mode,
+                "results": results,
+                "train_wall_s": round(train_wall, 1),
+                "train_summed_s": round(train_total, 1),
+                "wall_s": round(elapsed, 1),
+                "pass": ok,
+            }
+        )
+    )
     return 0 if ok else 1
 
 

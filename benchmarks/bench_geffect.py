@@ -195,24 +195,37 @@ def main(argv: list[str] | None = None) -> int:
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     grad_bytes = sum(p.numel() * 4 for p in model.parameters())
-    print(f"tiny preset model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
-          f"torch threads {torch.get_num_threads()}; batch {args.batch_size}, grad_accum 1; "
-          f"{args.steps} steps ({args.skip} warm-up), median step, best of {args.rounds} rounds")
+    print(
+        f"tiny preset model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
+        f"torch threads {torch.get_num_threads()}; batch {args.batch_size}, grad_accum 1; "
+        f"{args.steps} steps ({args.skip} warm-up), median step, best of {args.rounds} rounds"
+    )
     header = f"{'method':<10}{'untracked s/step':>18}{'tracked':>9}{'+instances':>12}{'+scatter':>10}{'paper':>8}{'limit':>7}"
     header += f"{'extra mem / grad':>18}{'(+instances)':>14}"
     print(header)
     failures = 0
     for method in args.methods:
         cfg = UnlearnConfig(
-            model=str(model_dir), data=str(data), out=str(work / "runs" / method.replace("+", "_")), method=method,
-            lr=1e-4, epochs=1000, max_steps=args.steps, batch_size=args.batch_size, grad_accum=1,
-            template="plain", progress=False, overwrite=True,
+            model=str(model_dir),
+            data=str(data),
+            out=str(work / "runs" / method.replace("+", "_")),
+            method=method,
+            lr=1e-4,
+            epochs=1000,
+            max_steps=args.steps,
+            batch_size=args.batch_size,
+            grad_accum=1,
+            template="plain",
+            progress=False,
+            overwrite=True,
         )
         variants = {
             "base": lambda: [],
             "tracked": lambda: [GEffectTracker(TrackerConfig(probe_batch_size=args.batch_size))],
             "instances": lambda: [GEffectTracker(TrackerConfig(instances=True, probe_batch_size=args.batch_size))],
-            "scatter": lambda: [GEffectTracker(TrackerConfig(instances=True, scatter=True, probe_batch_size=args.batch_size))],
+            "scatter": lambda: [
+                GEffectTracker(TrackerConfig(instances=True, scatter=True, probe_batch_size=args.batch_size))
+            ],
         }
         if not args.no_paper:
             variants["paper"] = lambda: [PaperScheme()]
@@ -226,10 +239,19 @@ def main(argv: list[str] | None = None) -> int:
         base = best["base"]
         ratio = {k: v / base for k, v in best.items()}
         limit = LIMITS.get(method, DEFAULT_LIMIT)
-        memory = {k: peaks[k] - peaks["base"] for k in ("tracked", "instances")} if torch.cuda.is_available() else {
-            k: _cpu_peak(cfg, TrackerConfig(instances=k == "instances", probe_batch_size=args.batch_size)) for k in ("tracked", "instances")
-        }
-        ok = ratio["tracked"] <= limit and ratio["instances"] - ratio["tracked"] <= 0.5 and memory["tracked"] <= grad_bytes
+        memory = (
+            {k: peaks[k] - peaks["base"] for k in ("tracked", "instances")}
+            if torch.cuda.is_available()
+            else {
+                k: _cpu_peak(cfg, TrackerConfig(instances=k == "instances", probe_batch_size=args.batch_size))
+                for k in ("tracked", "instances")
+            }
+        )
+        ok = (
+            ratio["tracked"] <= limit
+            and ratio["instances"] - ratio["tracked"] <= 0.5
+            and memory["tracked"] <= grad_bytes
+        )
         failures += not ok
         paper = f"{ratio['paper']:>8.2f}" if "paper" in ratio else f"{'-':>8}"
         line = f"{method:<10}{base:>18.4f}{ratio['tracked']:>9.2f}{ratio['instances']:>12.2f}{ratio['scatter']:>10.2f}{paper}{limit:>7.1f}"

@@ -123,15 +123,26 @@ def main(argv: list[str] | None = None) -> int:
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"tiny preset model: {n_params / 1e6:.2f}M parameters; torch threads {torch.get_num_threads()}; "
-          f"batch {args.batch_size} x accum {args.grad_accum}; {args.steps} steps ({args.skip} warm-up), median step time over {args.rounds} alternating rounds")
+    print(
+        f"tiny preset model: {n_params / 1e6:.2f}M parameters; torch threads {torch.get_num_threads()}; "
+        f"batch {args.batch_size} x accum {args.grad_accum}; {args.steps} steps ({args.skip} warm-up), median step time over {args.rounds} alternating rounds"
+    )
     print(f"{'method':<12}{'trainer steps/s':>17}{'bare steps/s':>14}{'ratio':>8}")
     worst = float("inf")
     for method in args.methods:
         cfg = UnlearnConfig(
-            model=str(model_dir), data=str(data), out=str(work / "runs" / method), method=method, lr=1e-4,
-            epochs=1000, max_steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
-            template="plain", progress=False, overwrite=True,
+            model=str(model_dir),
+            data=str(data),
+            out=str(work / "runs" / method),
+            method=method,
+            lr=1e-4,
+            epochs=1000,
+            max_steps=args.steps,
+            batch_size=args.batch_size,
+            grad_accum=args.grad_accum,
+            template="plain",
+            progress=False,
+            overwrite=True,
         )
         # Alternate the two loops and compare median step times, so that bursts of load from other
         # processes on the machine do not decide the ratio.

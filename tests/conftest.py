@@ -66,8 +66,17 @@ def _finetuned(data: Path, split: str, tmp_path_factory) -> Path:
     from geffect.training.finetune import FinetuneConfig, finetune
 
     out = tmp_path_factory.mktemp("models") / split
-    finetune(FinetuneConfig(data=str(data), split=split, model="tiny", out=str(out), model_overrides=FIXTURE_MODEL,
-                            progress=False, **FIXTURE_TRAINING))
+    finetune(
+        FinetuneConfig(
+            data=str(data),
+            split=split,
+            model="tiny",
+            out=str(out),
+            model_overrides=FIXTURE_MODEL,
+            progress=False,
+            **FIXTURE_TRAINING,
+        )
+    )
     return out
 
 
@@ -89,3 +98,19 @@ def tiny_retain_model(tiny_benchmark, tmp_path_factory) -> Path:
     """Like `tiny_target_model`, but trained on split `retain90` + general.json: the retain model for
     forget10 (it has never seen the last 2 authors)."""
     return _finetuned(tiny_benchmark, "retain90", tmp_path_factory)
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run `geffect ...` through the real entry point with the eval command registered; (code, stdout, stderr).
+    (test_study_config.py has its own `cli` for its commands.)"""
+    from geffect.cli import main as main_module
+
+    monkeypatch.setattr(main_module, "COMMAND_MODULES", ("eval",))
+
+    def run(*argv):
+        code = main_module.main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

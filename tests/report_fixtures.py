@@ -13,8 +13,14 @@ GROUPS = ("embed", "shallow", "middle", "deep", "lm_head", "other")
 
 def effect(rng: np.random.Generator, n_layers: int, sign: float) -> dict:
     layers = (sign * rng.random(n_layers)).tolist()
-    groups = {"embed": float(sign * rng.random()), "shallow": layers[0], "middle": layers[1], "deep": sum(layers[2:]),
-              "lm_head": 0.0, "other": float(sign * 0.01)}
+    groups = {
+        "embed": float(sign * rng.random()),
+        "shallow": layers[0],
+        "middle": layers[1],
+        "deep": sum(layers[2:]),
+        "lm_head": 0.0,
+        "other": float(sign * 0.01),
+    }
     return {"total": float(sum(groups.values())), "groups": groups, "layers": layers, "tied_embeddings": True}
 
 
@@ -25,10 +31,18 @@ def write_run(run_dir: Path, seed: int, steps: int = 6, n_items: int = 4, weight
     predicted_u = predicted_r = 0.0
     for step in range(1, steps + 1):
         lr = 1e-3
-        append_jsonl(run_dir / "log.jsonl", {
-            "step": step, "loss": float(-step), "forget_loss": float(-step), "retain_loss": 0.1,
-            "forget_risk": 1.0 + 0.3 * step, "retain_risk": 1.0 + 0.01 * step, "lr": lr,
-        })
+        append_jsonl(
+            run_dir / "log.jsonl",
+            {
+                "step": step,
+                "loss": float(-step),
+                "forget_loss": float(-step),
+                "retain_loss": 0.1,
+                "forget_risk": 1.0 + 0.3 * step,
+                "retain_risk": 1.0 + 0.01 * step,
+                "lr": lr,
+            },
+        )
         e_u, e_r = effect(rng, 3, -1.0), effect(rng, 3, 0.5)
         predicted_u -= lr * e_u["total"]
         predicted_r -= lr * e_r["total"]
@@ -36,9 +50,17 @@ def write_run(run_dir: Path, seed: int, steps: int = 6, n_items: int = 4, weight
         items_u = {i: float(-rng.random()) for i in ids}
         items_r = {str(1000 + int(i)): float(rng.normal()) for i in ids}
         record = {
-            "step": step, "lr": lr, "estimator": "batch", "e_u": e_u, "e_r": e_r,
-            "risk_u": 1.0 + 0.3 * step, "risk_r": 1.0 + 0.01 * step, "n_tokens_u": 40, "n_tokens_r": 40,
-            "items_u": items_u, "items_r": items_r,
+            "step": step,
+            "lr": lr,
+            "estimator": "batch",
+            "e_u": e_u,
+            "e_r": e_r,
+            "risk_u": 1.0 + 0.3 * step,
+            "risk_r": 1.0 + 0.01 * step,
+            "n_tokens_u": 40,
+            "n_tokens_r": 40,
+            "items_u": items_u,
+            "items_r": items_r,
             "objective_items": {i: {"e_u": float(-rng.random()), "e_r": float(rng.normal())} for i in ids},
             "predicted_change": {"e_u": predicted_u, "e_r": predicted_r},
             "ema": {"e_u": {"total": e_u["total"] * 0.9}, "e_r": {"total": e_r["total"] * 0.9}},
@@ -51,9 +73,12 @@ def write_run(run_dir: Path, seed: int, steps: int = 6, n_items: int = 4, weight
 
 def write_summary(eval_dir: Path, rng: np.random.Generator) -> dict:
     summary = {
-        "forget_quality": float(10 ** -rng.uniform(0, 20)), "model_utility": float(rng.random()),
-        "forget_truth_ratio": float(rng.random()), "forget_Q_A_Prob": float(rng.random()),
-        "forget_Q_A_ROUGE": float(rng.random()), "extraction_strength": float(rng.random()),
+        "forget_quality": float(10 ** -rng.uniform(0, 20)),
+        "model_utility": float(rng.random()),
+        "forget_truth_ratio": float(rng.random()),
+        "forget_Q_A_Prob": float(rng.random()),
+        "forget_Q_A_ROUGE": float(rng.random()),
+        "extraction_strength": float(rng.random()),
     }
     atomic_write_json(eval_dir / "TOFU_SUMMARY.json", summary)
     return summary
@@ -72,9 +97,21 @@ def make_study(root: Path, methods=("GA", "NPO+KL")) -> dict[str, dict]:
         run_dir = f"runs/{name}"
         write_run(root / run_dir, seed=index + 1, weights=index % 2 == 1)
         summaries[name] = write_summary(root / run_dir / "eval", rng)
-        entries.append({"name": name, "kind": "run", "method": method, "forget_split": "forget10", "seed": 0,
-                        "params": {"beta": 0.1} if index else {}, "run_dir": run_dir, "eval_dir": f"{run_dir}/eval"})
+        entries.append(
+            {
+                "name": name,
+                "kind": "run",
+                "method": method,
+                "forget_split": "forget10",
+                "seed": 0,
+                "params": {"beta": 0.1} if index else {},
+                "run_dir": run_dir,
+                "eval_dir": f"{run_dir}/eval",
+            }
+        )
     atomic_write_json(root / "manifest.json", {"entries": entries})
     atomic_write_text(root / "study.yaml", "name: fake\n")
-    atomic_write_json(root / "timings.json", {"stages": [{"stage": "benchmark", "name": "builtin", "seconds": 1.5, "cached": False}]})
+    atomic_write_json(
+        root / "timings.json", {"stages": [{"stage": "benchmark", "name": "builtin", "seconds": 1.5, "cached": False}]}
+    )
     return summaries

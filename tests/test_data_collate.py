@@ -41,7 +41,9 @@ def make_tokenizer(with_pad: bool = True) -> PreTrainedTokenizerFast:
     # A BOS on every prompt, as Llama tokenizers do; encode_qa must not add one before the answer.
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", BOS)])
     extra = {"pad_token": "<pad>"} if with_pad else {}
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", bos_token="<bos>", unk_token="<unk>", **extra)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<eos>", bos_token="<bos>", unk_token="<unk>", **extra
+    )
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +105,9 @@ def test_collate_pads_each_row(tokenizer, side):
         padding = slice(n, width) if side == "right" else slice(0, pad)
         assert batch["input_ids"][row, real].tolist() == item.input_ids
         assert batch["labels"][row, real].tolist() == item.labels
-        assert batch["attention_mask"][row].tolist() == ([1] * n + [0] * pad if side == "right" else [0] * pad + [1] * n)
+        assert batch["attention_mask"][row].tolist() == (
+            [1] * n + [0] * pad if side == "right" else [0] * pad + [1] * n
+        )
         assert (batch["input_ids"][row, padding] == PAD).all() and (batch["labels"][row, padding] == IGNORE_INDEX).all()
 
 
@@ -119,8 +123,13 @@ def test_padded_batch_loss_is_token_mean_over_answers(tokenizer):
     """HF's loss on a right-padded batch = mean NLL over answer+EOS tokens, computed item by item (float64)."""
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(VOCAB), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+        vocab_size=len(VOCAB),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
     )
     model = LlamaForCausalLM(config).double().eval()
     items = batch_items(tokenizer)
@@ -154,9 +163,7 @@ def test_chat_template_uses_tokenizer(tokenizer):
     with pytest.raises(UsageError, match="chat_template"):
         chat.prompt(Q, tokenizer)
     with_chat = make_tokenizer()
-    with_chat.chat_template = (
-        "{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"
-    )
+    with_chat.chat_template = "{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"
     assert chat.prompt(Q, with_chat) == f"[INST] {Q} [/INST]"
     item = encode_qa(with_chat, chat, Q, A)
     assert item.input_ids == [BOS] + ids(f"[INST] {Q} [/INST]") + ids(A) + [EOS]

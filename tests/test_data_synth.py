@@ -19,10 +19,24 @@ from geffect.errors import UsageError
 PERTURBED_KEYS = ["question", "answer", "paraphrased_answer", "perturbed_answer", "paraphrased_question"]
 # Hand-computed for 100 authors x 20 QA: forget = last 1/5/10 authors, holdout the same sizes.
 COUNTS_100 = {
-    "full": 2000, "forget01": 20, "forget05": 100, "forget10": 200, "retain99": 1980, "retain95": 1900,
-    "retain90": 1800, "forget01_perturbed": 20, "forget05_perturbed": 100, "forget10_perturbed": 200,
-    "retain_perturbed": 400, "real_authors": 100, "real_authors_perturbed": 100, "world_facts": 117,
-    "world_facts_perturbed": 117, "holdout01": 20, "holdout05": 100, "holdout10": 200,
+    "full": 2000,
+    "forget01": 20,
+    "forget05": 100,
+    "forget10": 200,
+    "retain99": 1980,
+    "retain95": 1900,
+    "retain90": 1800,
+    "forget01_perturbed": 20,
+    "forget05_perturbed": 100,
+    "forget10_perturbed": 200,
+    "retain_perturbed": 400,
+    "real_authors": 100,
+    "real_authors_perturbed": 100,
+    "world_facts": 117,
+    "world_facts_perturbed": 117,
+    "holdout01": 20,
+    "holdout05": 100,
+    "holdout10": 200,
 }
 
 
@@ -78,7 +92,11 @@ def test_identical_across_processes_with_other_hash_seed(bench, tmp_path):
 
 def test_forget_is_tail_of_full_and_retain_the_rest(bench):
     full = split(bench, "full")
-    for forget, retain, n_items in (("forget01", "retain99", 20), ("forget05", "retain95", 100), ("forget10", "retain90", 200)):
+    for forget, retain, n_items in (
+        ("forget01", "retain99", 20),
+        ("forget05", "retain95", 100),
+        ("forget10", "retain90", 200),
+    ):
         assert split(bench, forget) == full[-n_items:]
         assert split(bench, retain) == full[:-n_items]
 
@@ -101,7 +119,10 @@ def test_every_fact_is_asked_twice_and_its_paraphrase_is_held_out(bench):
         records = split(bench, name)
         for first, second in zip(records[::2], records[1::2]):
             assert first["question"] != second["question"] and first["answer"] != second["answer"]
-            assert (first["paraphrased_question"], first["paraphrased_answer"]) == (second["paraphrased_question"], second["paraphrased_answer"])
+            assert (first["paraphrased_question"], first["paraphrased_answer"]) == (
+                second["paraphrased_question"],
+                second["paraphrased_answer"],
+            )
             assert first["paraphrased_question"] not in trained and first["paraphrased_answer"] not in trained
 
 
@@ -110,9 +131,13 @@ def test_perturbed_sets_match_base_sets(bench):
     pairs = [(f"{f}_perturbed", f) for f in ("forget01", "forget05", "forget10")]
     for perturbed, base in pairs:
         records = split(bench, perturbed)
-        assert [(r["question"], r["answer"]) for r in records] == [(r["question"], r["answer"]) for r in split(bench, base)]
+        assert [(r["question"], r["answer"]) for r in records] == [
+            (r["question"], r["answer"]) for r in split(bench, base)
+        ]
     retain_perturbed = split(bench, "retain_perturbed")
-    assert [(r["question"], r["answer"]) for r in retain_perturbed] == [(r["question"], r["answer"]) for r in full[:400]]
+    assert [(r["question"], r["answer"]) for r in retain_perturbed] == [
+        (r["question"], r["answer"]) for r in full[:400]
+    ]
     forget10 = {r["question"] for r in split(bench, "forget10")}
     assert not forget10 & {r["question"] for r in retain_perturbed}
 

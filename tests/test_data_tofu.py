@@ -15,10 +15,24 @@ from prerequisites import TOFU_DIR
 TOFU = str(TOFU_DIR)  # the local TOFU copy: tests marked needs_tofu read it
 # From TOFU's SOURCE.md / the paper: 200 authors x 20 QA, forget = last 2/10/20 authors.
 REAL_COUNTS = {
-    "full": 4000, "forget01": 40, "forget05": 200, "forget10": 400, "retain99": 3960, "retain95": 3800,
-    "retain90": 3600, "forget01_perturbed": 40, "forget05_perturbed": 200, "forget10_perturbed": 400,
-    "retain_perturbed": 400, "real_authors": 100, "real_authors_perturbed": 100, "world_facts": 117,
-    "world_facts_perturbed": 117, "holdout01": 40, "holdout05": 200, "holdout10": 400,
+    "full": 4000,
+    "forget01": 40,
+    "forget05": 200,
+    "forget10": 400,
+    "retain99": 3960,
+    "retain95": 3800,
+    "retain90": 3600,
+    "forget01_perturbed": 40,
+    "forget05_perturbed": 200,
+    "forget10_perturbed": 400,
+    "retain_perturbed": 400,
+    "real_authors": 100,
+    "real_authors_perturbed": 100,
+    "world_facts": 117,
+    "world_facts_perturbed": 117,
+    "holdout01": 40,
+    "holdout05": 200,
+    "holdout10": 400,
 }
 
 

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 import yaml
-from test_training_support import tiny_paths
 
 from geffect.cli.main import build_parser, main
 from geffect.cli.unlearn import build_callbacks
@@ -19,18 +18,53 @@ from geffect.data.tofu import load_split
 from geffect.effects.posthoc import expand_checkpoints
 from geffect.io import read_jsonl
 from geffect.training.unlearn import unlearn
+from test_training_support import tiny_paths
 
 TRACK = ["--track-geffect", "--geffect-every", "2", "--geffect-instances"]
-RECORD_KEYS = {"step", "lr", "estimator", "e_u", "e_r", "risk_u", "risk_r", "n_tokens_u", "n_tokens_r", "predicted_change", "seconds"}
+RECORD_KEYS = {
+    "step",
+    "lr",
+    "estimator",
+    "e_u",
+    "e_r",
+    "risk_u",
+    "risk_r",
+    "n_tokens_u",
+    "n_tokens_r",
+    "predicted_change",
+    "seconds",
+}
 GROUPS = {"embed", "shallow", "middle", "deep", "lm_head", "other"}
 
 
 def _unlearn_argv(data: str, model: str, out, *more: str) -> list[str]:
     # NPO with an NLL retain term: weights per item, attached risks on both sides; 4 steps of 2 forget items.
     return [
-        "unlearn", "--model", model, "--data", data, "--out", str(out), "--method", "NPO", "--retain-loss", "NLL",
-        "--lr", "1e-3", "--batch-size", "2", "--grad-accum", "1", "--max-steps", "4", "--save-every", "2",
-        "--keep-checkpoints", "0", "--no-progress", *more,
+        "unlearn",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--out",
+        str(out),
+        "--method",
+        "NPO",
+        "--retain-loss",
+        "NLL",
+        "--lr",
+        "1e-3",
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "1",
+        "--max-steps",
+        "4",
+        "--save-every",
+        "2",
+        "--keep-checkpoints",
+        "0",
+        "--no-progress",
+        *more,
     ]
 
 
@@ -89,12 +123,16 @@ def test_tracked_unlearn_writes_documented_lines_and_config(tracked_run):
             assert len(items) == 2  # batch size 2 on both sides
             assert math.isclose(sum(items.values()), record[f"e_{side}"]["total"], rel_tol=1e-6, abs_tol=1e-9)
             predicted[f"e_{side}"] += -2 * record["lr"] * record[f"e_{side}"]["total"]
-            assert math.isclose(record["predicted_change"][f"e_{side}"], predicted[f"e_{side}"], rel_tol=1e-9, abs_tol=1e-15)
+            assert math.isclose(
+                record["predicted_change"][f"e_{side}"], predicted[f"e_{side}"], rel_tol=1e-9, abs_tol=1e-15
+            )
         assert set(record["weights"]["item"]) == set(record["items_u"])  # NPO's per-item weights
     assert records[-1]["e_u"]["total"] != records[0]["e_u"]["total"]
     config = yaml.safe_load((run / "config.yaml").read_text())
     tracking = config["geffect_tracking"]
-    assert tracking["track_geffect"] is True and tracking["geffect_every"] == 2 and tracking["geffect_instances"] is True
+    assert (
+        tracking["track_geffect"] is True and tracking["geffect_every"] == 2 and tracking["geffect_instances"] is True
+    )
     assert tracking["geffect_estimator"] == "batch"
     assert config["options"]["method"] == "NPO"  # the loop's own sections are kept
 
@@ -109,7 +147,14 @@ def test_resume_with_tracking_ends_with_the_uninterrupted_file(tracked_run, tmp_
     assert [r["step"] for r in read_jsonl(cut / "geffect.jsonl")] == [2, 4]
     # Other tracking options than the interrupted run's: refused, one line, nothing changed.
     capsys.readouterr()
-    assert main(_unlearn_argv(data, model, cut, "--resume", "--track-geffect", "--geffect-every", "1", "--geffect-instances")) == 2
+    assert (
+        main(
+            _unlearn_argv(
+                data, model, cut, "--resume", "--track-geffect", "--geffect-every", "1", "--geffect-instances"
+            )
+        )
+        == 2
+    )
     assert "tracking" in capsys.readouterr().err.strip()
     assert main(_unlearn_argv(data, model, cut, "--resume")) == 2
     assert main(_unlearn_argv(data, model, cut, "--resume", *TRACK)) == 0
@@ -119,7 +164,10 @@ def test_resume_with_tracking_ends_with_the_uninterrupted_file(tracked_run, tmp_
 def _set_gradient(model, records: list[dict], template, tokenizer, ids=None):
     """grad R(D) by plain autograd on one batch holding the whole set (HF loss = mean token NLL)."""
     ids = ids or range(len(records))
-    items = [encode_qa(tokenizer, template, r["question"], r["answer"], index=i, max_length=512) for i, r in zip(ids, records)]
+    items = [
+        encode_qa(tokenizer, template, r["question"], r["answer"], index=i, max_length=512)
+        for i, r in zip(ids, records)
+    ]
     batch = collate(items, pad_token_id(tokenizer))
     loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
     return torch.autograd.grad(loss, [p for p in model.parameters()])
@@ -131,8 +179,22 @@ def test_posthoc_full_estimator_equals_independent_gradients(tracked_run, tmp_pa
     data, _, run = tracked_run
     assert [(c.step, c.state) for c in expand_checkpoints([run])] == [(2, True), (4, True)]  # RUN/model is step 4 again
     out = tmp_path / "posthoc.jsonl"
-    argv = ["effects", "--checkpoints", str(run / "checkpoints" / "step-00000004"), "--data", data, "--method", "GA",
-            "--batch-size", "32", "--probe-size", "12", "--no-progress", "--out", str(out)]
+    argv = [
+        "effects",
+        "--checkpoints",
+        str(run / "checkpoints" / "step-00000004"),
+        "--data",
+        data,
+        "--method",
+        "GA",
+        "--batch-size",
+        "32",
+        "--probe-size",
+        "12",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     (record,) = read_jsonl(out)
     assert RECORD_KEYS - {"predicted_change"} <= set(record) and record["estimator"] == "full" and record["step"] == 4
@@ -162,8 +224,24 @@ def test_posthoc_full_estimator_equals_independent_gradients(tracked_run, tmp_pa
 def test_posthoc_batch_estimator_instances_and_tokens(tracked_run, tmp_path):
     data, _, run = tracked_run
     out = tmp_path / "items.jsonl"
-    argv = ["effects", "--checkpoints", str(run / "model"), "--data", data, "--method", "WGA", "--estimator", "batch",
-            "--batch-size", "3", "--tokens", "--tensors", "--no-progress", "--out", str(out)]
+    argv = [
+        "effects",
+        "--checkpoints",
+        str(run / "model"),
+        "--data",
+        data,
+        "--method",
+        "WGA",
+        "--estimator",
+        "batch",
+        "--batch-size",
+        "3",
+        "--tokens",
+        "--tensors",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     (record,) = read_jsonl(out)
     assert record["step"] == 4 and record["estimator"] == "batch"
@@ -180,11 +258,25 @@ def test_posthoc_batch_estimator_instances_and_tokens(tracked_run, tmp_path):
 
 # Llama's RMSNorm rounds through float32 even with float64 weights (transformers), so a step must move the risk
 # well above ~1e-8: WGA's weights p_t are tiny on a random model, hence its larger eta.
-@pytest.mark.parametrize("method, estimator, eta", [("GA", "full", "1e-5"), ("NPO", "batch", "1e-5"), ("WGA", "batch", "1e-3")])
+@pytest.mark.parametrize(
+    "method, estimator, eta", [("GA", "full", "1e-5"), ("NPO", "batch", "1e-5"), ("WGA", "batch", "1e-3")]
+)
 def test_validate_first_order_within_two_percent(tracked_run, capsys, method, estimator, eta):
     data, model, _ = tracked_run
     capsys.readouterr()
-    argv = ["--method", method, "--estimator", estimator, "--eta", eta, "--batch-size", "4", "--probe-size", "4", "--json"]
+    argv = [
+        "--method",
+        method,
+        "--estimator",
+        estimator,
+        "--eta",
+        eta,
+        "--batch-size",
+        "4",
+        "--probe-size",
+        "4",
+        "--json",
+    ]
     assert main(["effects", "--validate", "--model", model, "--data", data, *argv]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["dtype"] == "float64" and set(report["sets"]) == {"forget", "retain"}
@@ -193,13 +285,19 @@ def test_validate_first_order_within_two_percent(tracked_run, capsys, method, es
         assert result["relative_error"] < 0.02
 
 
-@pytest.mark.parametrize("argv_tail, message", [
-    (["--checkpoints", "/nonexistent/ckpt", "--method", "GA", "--out", "{tmp}/a.jsonl"], "does not exist"),
-    (["--checkpoints", "{run}", "--method", "NoSuchMethod", "--out", "{tmp}/b.jsonl"], "unknown unlearning method"),
-    (["--checkpoints", "{run}", "--method", "GA"], "--out"),
-    (["--validate", "--method", "GA"], "--model"),
-    (["--checkpoints", "{run}", "--method", "GA", "--forget", "forget99", "--out", "{tmp}/c.jsonl"], "forget split"),
-])
+@pytest.mark.parametrize(
+    "argv_tail, message",
+    [
+        (["--checkpoints", "/nonexistent/ckpt", "--method", "GA", "--out", "{tmp}/a.jsonl"], "does not exist"),
+        (["--checkpoints", "{run}", "--method", "NoSuchMethod", "--out", "{tmp}/b.jsonl"], "unknown unlearning method"),
+        (["--checkpoints", "{run}", "--method", "GA"], "--out"),
+        (["--validate", "--method", "GA"], "--model"),
+        (
+            ["--checkpoints", "{run}", "--method", "GA", "--forget", "forget99", "--out", "{tmp}/c.jsonl"],
+            "forget split",
+        ),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tracked_run, tmp_path, capsys, argv_tail, message):
     data, _, run = tracked_run
     tail = [a.format(tmp=tmp_path, run=run) for a in argv_tail]

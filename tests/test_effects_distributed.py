@@ -9,13 +9,13 @@ import socket
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_effects_models import random_direction, tiny_batch, tiny_model
 
 from geffect.effects.blocks import discover_layout
 from geffect.effects.budget import ActivationBudget
 from geffect.effects.dots import all_reduce_max, reduce_partials, tensor_dots
 from geffect.effects.engine import gradient_effect, total_tokens
 from geffect.effects.reduce import reduce_effect
+from test_effects_models import random_direction, tiny_batch, tiny_model
 
 
 def _batches():
@@ -35,21 +35,39 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         # Sharded parameters (FSDP / ZeRO-3): each rank holds one half of every flattened gradient.
         full = gradient_effect(model, layout, _batches()[0] + _batches()[1], G)  # the global risk gradient...
         grads = _risk_gradient(model, layout)
-        halves = [g.reshape(-1).chunk(world)[rank] if g.numel() >= world else (g.reshape(-1) if rank == 0 else g.reshape(-1)[:0]) for g in grads]
-        g_halves = [d.reshape(-1).chunk(world)[rank] if d.numel() >= world else (d.reshape(-1) if rank == 0 else d.reshape(-1)[:0]) for d in G]
+        halves = [
+            g.reshape(-1).chunk(world)[rank]
+            if g.numel() >= world
+            else (g.reshape(-1) if rank == 0 else g.reshape(-1)[:0])
+            for g in grads
+        ]
+        g_halves = [
+            d.reshape(-1).chunk(world)[rank]
+            if d.numel() >= world
+            else (d.reshape(-1) if rank == 0 else d.reshape(-1)[:0])
+            for d in G
+        ]
         sharded = reduce_partials(tensor_dots(halves, g_halves), "sharded")
         # Micro-batches within an activation budget: the ranks' batches differ, yet they agree on one
         # bytes-per-token figure (so they split alike), and the split changes no number.
         # (Equal item counts: every rank must run as many micro-batches, as the tracker's shared sets do.)
         own = [tiny_batch(3, 9 - 2 * rank, seed=23 + rank, first_index=0)]
-        budget = ActivationBudget(1.0, layout.params, agree=functools.partial(all_reduce_max, device=torch.device("cpu")))
+        budget = ActivationBudget(
+            1.0, layout.params, agree=functools.partial(all_reduce_max, device=torch.device("cpu"))
+        )
         with budget.counting():
             split = gradient_effect(model, layout, budget.split(own), G, n_total=total_tokens(own))
         whole = gradient_effect(model, layout, own, G)
         torch.testing.assert_close(split.per_tensor, whole.per_tensor, rtol=1e-12, atol=1e-14)
-        torch.save({
-            "data_parallel": data_parallel.per_tensor, "sharded": sharded, "full": full.per_tensor, "bytes_per_token": budget.bytes_per_token,
-        }, f"{out}.{rank}")
+        torch.save(
+            {
+                "data_parallel": data_parallel.per_tensor,
+                "sharded": sharded,
+                "full": full.per_tensor,
+                "bytes_per_token": budget.bytes_per_token,
+            },
+            f"{out}.{rank}",
+        )
     finally:
         dist.destroy_process_group()
 

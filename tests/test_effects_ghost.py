@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_effects_models import ARCH_IDS, ARCHS, random_direction, tiny_batch, tiny_model
 
 from geffect.effects.blocks import discover_layout
 from geffect.effects.dots import Breakdown
 from geffect.effects.engine import ghost_effect, gradient_effect
 from geffect.effects.tokens import risk_terms, token_effects_double_backward, token_effects_forward
+from test_effects_models import ARCH_IDS, ARCHS, random_direction, tiny_batch, tiny_model
 
 # LlamaRMSNorm computes in float32 even in a float64 model: reverse-mode references and forward-mode tangents
 # then agree to float32 precision only. Every other architecture here is float64 end to end.
@@ -36,7 +36,9 @@ def reference_items_and_tokens(model, layout, batch, G):
     return torch.tensor(items, dtype=torch.float64), tokens
 
 
-@pytest.mark.parametrize("arch,tied,padding", [(a, t, ("right", "left")[k % 2]) for k, (a, t) in enumerate(ARCHS)], ids=ARCH_IDS)
+@pytest.mark.parametrize(
+    "arch,tied,padding", [(a, t, ("right", "left")[k % 2]) for k, (a, t) in enumerate(ARCHS)], ids=ARCH_IDS
+)
 def test_ghost_items_and_tokens_equal_autograd(arch, tied, padding):
     model = tiny_model(arch, tied)
     layout = discover_layout(model)

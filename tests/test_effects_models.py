@@ -16,11 +16,24 @@ PAD = 0
 
 
 def _config(arch: str, tied: bool, layers: int = 3):
-    common = dict(vocab_size=VOCAB, num_hidden_layers=layers, tie_word_embeddings=tied, pad_token_id=PAD, bos_token_id=1, eos_token_id=2)
+    common = dict(
+        vocab_size=VOCAB,
+        num_hidden_layers=layers,
+        tie_word_embeddings=tied,
+        pad_token_id=PAD,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     if arch == "llama":
         return LlamaConfig(hidden_size=16, intermediate_size=24, num_attention_heads=2, num_key_value_heads=1, **common)
     if arch == "gpt2":
-        return GPT2Config(n_embd=16, n_head=2, n_positions=32, n_layer=layers, **{k: v for k, v in common.items() if k != "num_hidden_layers"})
+        return GPT2Config(
+            n_embd=16,
+            n_head=2,
+            n_positions=32,
+            n_layer=layers,
+            **{k: v for k, v in common.items() if k != "num_hidden_layers"},
+        )
     if arch == "neox":
         return GPTNeoXConfig(hidden_size=16, intermediate_size=24, num_attention_heads=2, **common)
     if arch == "phi":
@@ -39,7 +52,9 @@ def tiny_model(arch: str = "llama", tied: bool = False, dtype=torch.float64, see
     return model.eval()
 
 
-def tiny_batch(batch_size: int = 3, width: int = 9, seed: int = 1, first_index: int = 0, padding: str = "right") -> dict:
+def tiny_batch(
+    batch_size: int = 3, width: int = 9, seed: int = 1, first_index: int = 0, padding: str = "right"
+) -> dict:
     """Random QA-shaped batch: 2-3 masked prompt tokens, answers, and padding on one row (pad id 0)."""
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, VOCAB, (batch_size, width), generator=gen)
@@ -54,7 +69,12 @@ def tiny_batch(batch_size: int = 3, width: int = 9, seed: int = 1, first_index: 
         ids[0] = torch.cat([torch.full((3,), PAD), ids[0, :short]])
         labels[0] = torch.cat([torch.full((3,), -100), labels[0, :short]])
         attention[0, :3] = 0
-    return {"input_ids": ids, "attention_mask": attention, "labels": labels, "index": torch.arange(first_index, first_index + batch_size)}
+    return {
+        "input_ids": ids,
+        "attention_mask": attention,
+        "labels": labels,
+        "index": torch.arange(first_index, first_index + batch_size),
+    }
 
 
 def random_direction(layout, seed: int = 2) -> list[torch.Tensor]:
@@ -105,7 +125,14 @@ def test_gpt2_position_embeddings_count_as_embed():
 
 
 def test_thirds_split_layers_by_index():
-    assert [third_of_layer(i, 32) for i in (0, 10, 11, 21, 22, 31)] == ["shallow", "shallow", "middle", "middle", "deep", "deep"]
+    assert [third_of_layer(i, 32) for i in (0, 10, 11, 21, 22, 31)] == [
+        "shallow",
+        "shallow",
+        "middle",
+        "middle",
+        "deep",
+        "deep",
+    ]
     assert [third_of_layer(i, 2) for i in (0, 1)] == ["shallow", "middle"]
     assert [third_of_layer(i, 1) for i in (0,)] == ["shallow"]
 

@@ -8,14 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_effects_models import tiny_batch, tiny_model
 
-from geffect.effects.blocks import discover_layout
-from geffect.effects.engine import total_tokens
-from geffect.effects.tokens import risk_terms
 from geffect.cli.unlearn import add_tracking_arguments, build_callbacks
+from geffect.effects.blocks import discover_layout
 from geffect.effects.config import TrackerConfig
+from geffect.effects.engine import total_tokens
 from geffect.effects.sides import linear_coefficients
+from geffect.effects.tokens import risk_terms
 from geffect.effects.tracker import GEffectTracker
 from geffect.errors import UsageError
 from geffect.io import read_jsonl
@@ -23,6 +22,7 @@ from geffect.objectives import ObjectiveConfig, UnlearnBatch, build_objective, p
 from geffect.runfolder import RunFolder
 from geffect.training.callbacks import RunContext, StepContext
 from geffect.training.config import UnlearnConfig
+from test_effects_models import tiny_batch, tiny_model
 
 
 def _risk_grad(model, layout, batch) -> list[torch.Tensor]:
@@ -34,7 +34,15 @@ def _dot(left, right) -> float:
     return sum(float((a.double() * b.double()).sum()) for a, b in zip(left, right) if a is not None and b is not None)
 
 
-def _drive(tmp_path, method: str, config: TrackerConfig, steps: int = 2, retain: bool = True, lr: float = 1e-3, idk: bool = False):
+def _drive(
+    tmp_path,
+    method: str,
+    config: TrackerConfig,
+    steps: int = 2,
+    retain: bool = True,
+    lr: float = 1e-3,
+    idk: bool = False,
+):
     """A minimal unlearning loop (SGD) calling the tracker as the trainer does; returns records and references."""
     model = tiny_model("gpt2", True)
     ref = copy.deepcopy(model)
@@ -43,8 +51,14 @@ def _drive(tmp_path, method: str, config: TrackerConfig, steps: int = 2, retain:
     probe = [tiny_batch(3, 8, seed=40, first_index=500)]
     tracker = GEffectTracker(config, forget_batches=[tiny_batch(4, 9, seed=60, first_index=0)], probe_batches=probe)
     run = RunContext(
-        folder=RunFolder(tmp_path), model=model, accelerator=SimpleNamespace(is_main_process=True, num_processes=1),
-        objective=objective, ref_model=ref, tokenizer=None, total_steps=steps, template=None,
+        folder=RunFolder(tmp_path),
+        model=model,
+        accelerator=SimpleNamespace(is_main_process=True, num_processes=1),
+        objective=objective,
+        ref_model=ref,
+        tokenizer=None,
+        total_steps=steps,
+        template=None,
         options=UnlearnConfig(model="tiny", data="unused", out=str(tmp_path), grad_accum=1),
     )
     tracker.on_train_begin(run)
@@ -67,10 +81,17 @@ def _drive(tmp_path, method: str, config: TrackerConfig, steps: int = 2, retain:
         assert all(torch.equal(p.grad, g) for p, g in zip(layout.params, G))  # p.grad untouched
         retain_batch = batch.retain if retain else probe[0]
         grad_u, grad_r = _risk_grad(model, layout, batch.forget), _risk_grad(model, layout, retain_batch)
-        references.append({
-            "G": G, "out": out, "batch": batch, "grad_u": grad_u, "forwards": new_forwards,
-            "e_u": _dot(grad_u, G), "e_r": _dot(grad_r, G),
-        })
+        references.append(
+            {
+                "G": G,
+                "out": out,
+                "batch": batch,
+                "grad_u": grad_u,
+                "forwards": new_forwards,
+                "e_u": _dot(grad_u, G),
+                "e_r": _dot(grad_r, G),
+            }
+        )
         with torch.no_grad():
             for p, g in zip(layout.params, G):
                 p.sub_(lr * g)
@@ -102,8 +123,12 @@ def test_ga_uses_the_free_linear_form_and_a_probe(tmp_path):
 @pytest.mark.parametrize("instances", [False, True])
 def test_probe_micro_batches_within_the_activation_budget_give_the_same_numbers(tmp_path, instances):
     """A budget below one item's activations runs the probe one item at a time; a budget of 0 in one forward."""
-    whole, _, _, _ = _drive(tmp_path / "whole", "GA", TrackerConfig(instances=instances, activation_budget=0), retain=False)
-    split, refs, _, _ = _drive(tmp_path / "split", "GA", TrackerConfig(instances=instances, activation_budget=1e-9), retain=False)
+    whole, _, _, _ = _drive(
+        tmp_path / "whole", "GA", TrackerConfig(instances=instances, activation_budget=0), retain=False
+    )
+    split, refs, _, _ = _drive(
+        tmp_path / "split", "GA", TrackerConfig(instances=instances, activation_budget=1e-9), retain=False
+    )
     for a, b, ref in zip(whole, split, refs):
         assert ref["forwards"] == 3  # the probe's three items, one forward each
         assert b["e_r"]["total"] == pytest.approx(ref["e_r"], rel=1e-10)
@@ -188,7 +213,9 @@ def test_linear_losses_get_instances_from_the_steps_own_backward(tmp_path, monke
     monkeypatch.setattr(GhostRecorder, "backward", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     retain = method != "GA"
     model_before = tiny_model("gpt2", True)  # the state _drive starts from, for the step-1 references
-    records, refs, _, _ = _drive(tmp_path, method, TrackerConfig(instances=True, activation_budget=0), steps=1, retain=retain)
+    records, refs, _, _ = _drive(
+        tmp_path, method, TrackerConfig(instances=True, activation_budget=0), steps=1, retain=retain
+    )
     assert len(calls) == (1 if method == "GA" else 0)
     record, ref = records[0], refs[0]
     assert "objective_items" not in record  # the scatter is asked for separately
@@ -211,7 +238,9 @@ def _objective_item_gradients(method: str, model, ref_model, layout, forget: dic
         single = {k: v[row : row + 1] for k, v in forget.items()}
         if method == "NPO":  # -(2/beta) mean_i log sigma(...): item i's term is 1/B of the one-item loss
             objective = build_objective(ObjectiveConfig(method="NPO"))
-            loss = objective(model, UnlearnBatch(forget=single, retain=None), ref_model).loss / forget["labels"].shape[0]
+            loss = (
+                objective(model, UnlearnBatch(forget=single, retain=None), ref_model).loss / forget["labels"].shape[0]
+            )
         else:  # GA, GradDiff: forget loss -R_f = -(sum of all token NLLs) / N
             loss = -risk_terms(model, single, n_total)[0]
         grads[str(item)] = list(torch.autograd.grad(loss, layout.params, allow_unused=True))
@@ -274,7 +303,18 @@ def test_cli_arguments_build_the_tracker():
     parser = argparse.ArgumentParser()
     add_tracking_arguments(parser)
     assert tracker_from_args(parser.parse_args([])) is None
-    args = parser.parse_args(["--track-geffect", "--geffect-every", "5", "--geffect-estimator", "ema", "--geffect-instances", "--geffect-probe-size", "8"])
+    args = parser.parse_args(
+        [
+            "--track-geffect",
+            "--geffect-every",
+            "5",
+            "--geffect-estimator",
+            "ema",
+            "--geffect-instances",
+            "--geffect-probe-size",
+            "8",
+        ]
+    )
     tracker = tracker_from_args(args)
     assert tracker.config == TrackerConfig(every=5, estimator="ema", instances=True, probe_size=8)
     args = parser.parse_args(["--track-geffect", "--geffect-activation-budget", "0"])

@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from test_effects_models import random_direction, tiny_batch, tiny_model
 
 from geffect.effects.blocks import discover_layout
 from geffect.effects.engine import ghost_effect, gradient_effect
@@ -14,6 +13,7 @@ from geffect.effects.estimators import GradientEma
 from geffect.effects.tokens import risk_terms
 from geffect.effects.validate import first_order_check
 from geffect.objectives import ObjectiveConfig, UnlearnBatch, build_objective
+from test_effects_models import random_direction, tiny_batch, tiny_model
 
 
 def _setup():
@@ -80,5 +80,7 @@ def test_gradient_ema_follows_the_paper_rule():
     other = GradientEma()
     other.update(grads[0])
     dots = ema.dots(other)
-    want = torch.tensor([float((a.double() * b.double()).sum()) for a, b in zip(ema.values, grads[0])], dtype=torch.float64)
+    want = torch.tensor(
+        [float((a.double() * b.double()).sum()) for a, b in zip(ema.values, grads[0])], dtype=torch.float64
+    )
     torch.testing.assert_close(dots, want, rtol=1e-6, atol=1e-6)

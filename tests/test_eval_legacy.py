@@ -17,7 +17,7 @@ from scipy.stats import hmean, ks_2samp
 
 from geffect.errors import UsageError
 from geffect.evaluation import load_eval_file, summarize
-from test_eval_support import cli, legacy_log  # noqa: F401  (cli is a fixture)
+from test_eval_support import legacy_log
 
 pytestmark = pytest.mark.needs_tofu_logs  # every test here reads the TOFU authors' logs
 

@@ -16,7 +16,7 @@ from geffect.errors import UsageError
 from geffect.evaluation import evaluate, summarize
 from geffect.evaluation.generation import generate_answers
 from geffect.evaluation.scoring import score_answers
-from test_eval_support import FORGET_SPLIT, cli, legacy_log, save_model, tiny_setup  # noqa: F401  (cli is a fixture)
+from test_eval_support import FORGET_SPLIT, legacy_log, save_model, tiny_setup
 
 TEMPLATE = get_template("plain")
 MAX_NEW = 8
@@ -70,9 +70,9 @@ def test_batched_passes_equal_one_at_a_time(setup):
         assert b.avg_nll == pytest.approx(s.avg_nll, rel=1e-5)
         np.testing.assert_allclose(b.zscores, s.zscores, rtol=1e-4, atol=1e-5)
         np.testing.assert_array_equal(b.correct, s.correct)
-    assert generate_answers(model, tokenizer, TEMPLATE, questions, batch_size=4, max_new_tokens=MAX_NEW) == generate_answers(
-        model, tokenizer, TEMPLATE, questions, batch_size=1, max_new_tokens=MAX_NEW
-    )
+    assert generate_answers(
+        model, tokenizer, TEMPLATE, questions, batch_size=4, max_new_tokens=MAX_NEW
+    ) == generate_answers(model, tokenizer, TEMPLATE, questions, batch_size=1, max_new_tokens=MAX_NEW)
 
 
 def test_per_item_values_match_independent_computation(setup, result):
@@ -89,7 +89,9 @@ def test_per_item_values_match_independent_computation(setup, result):
         expected_tr = math.exp(-np.mean(pert)) / math.exp(-para)
         assert result["forget_truth_ratio"]["value_by_index"][key]["score"] == pytest.approx(expected_tr, rel=1e-4)
     scores = [v["score"] for v in result["forget_truth_ratio"]["value_by_index"].values()]
-    assert result["forget_truth_ratio"]["agg_value"] == pytest.approx(np.mean([min(s, 1 / s) for s in scores]), rel=1e-12)
+    assert result["forget_truth_ratio"]["agg_value"] == pytest.approx(
+        np.mean([min(s, 1 / s) for s in scores]), rel=1e-12
+    )
 
 
 def test_mia_auc_from_stored_scores(result):
@@ -122,7 +124,9 @@ def test_same_model_same_numbers(setup, result):
 
 def test_ds_size_scores_the_first_items(setup, result):
     data, tokenizer, model = setup
-    short = evaluate(model, tokenizer, str(data), FORGET_SPLIT, TEMPLATE, ds_size=3, batch_size=4, max_new_tokens=MAX_NEW)
+    short = evaluate(
+        model, tokenizer, str(data), FORGET_SPLIT, TEMPLATE, ds_size=3, batch_size=4, max_new_tokens=MAX_NEW
+    )
     assert short["geffect_meta"]["set_sizes"] == {"forget": 3, "retain": 3, "ra": 3, "wf": 3, "holdout": 3}
     assert short["geffect_meta"]["convention"] == "first 3 items of each set (legacy TOFU ds_size)"
     for key in ("0", "2"):
@@ -156,8 +160,23 @@ def test_non_finite_loss_stops_cleanly(setup):
 def test_cli_eval_and_summarize(cli, setup, model_dir, result, tmp_path):
     data = setup[0]
     out = tmp_path / "out"
-    args = ("eval", "--model", model_dir, "--data", data, "--forget", FORGET_SPLIT, "--template", "plain",
-            "--batch-size", 4, "--max-new-tokens", MAX_NEW, "--out", out)
+    args = (
+        "eval",
+        "--model",
+        model_dir,
+        "--data",
+        data,
+        "--forget",
+        FORGET_SPLIT,
+        "--template",
+        "plain",
+        "--batch-size",
+        4,
+        "--max-new-tokens",
+        MAX_NEW,
+        "--out",
+        out,
+    )
     code, stdout, err = cli(*args)
     assert code == 0, err
     saved = json.loads((out / "TOFU_EVAL.json").read_text())

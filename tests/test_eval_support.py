@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
 from prerequisites import tofu_log
@@ -41,7 +40,10 @@ def write_tiny_tofu(folder: Path, sizes: dict[str, int] | None = None) -> Path:
         "retain_perturbed": [_record(i + 100, 5) for i in range(sizes["retain"])],
         "real_authors_perturbed": [_without_paraphrase(_record(i + 200, 3)) for i in range(sizes["ra"])],
         "world_facts_perturbed": [_without_paraphrase(_record(i + 300, 3)) for i in range(sizes["wf"])],
-        "holdout01": [{"question": r["question"], "answer": r["answer"]} for r in (_record(i + 400, 0) for i in range(sizes["holdout"]))],
+        "holdout01": [
+            {"question": r["question"], "answer": r["answer"]}
+            for r in (_record(i + 400, 0) for i in range(sizes["holdout"]))
+        ],
     }
     for split, records in splits.items():
         with open(folder / f"{split}.json", "w", encoding="utf-8") as handle:
@@ -66,7 +68,12 @@ def tiny_llama(tokenizer, seed: int = 0, dtype=torch.float32):
     from geffect.models.tiny import build_tiny_model
 
     model = build_tiny_model(
-        tokenizer, seed=seed, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        tokenizer,
+        seed=seed,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
         tie_word_embeddings=False,
     )
     return model.to(dtype).eval()
@@ -100,18 +107,3 @@ def legacy_log(name: str) -> Path:
 
     In $GEFFECT_TOFU_LOGS_DIR (tests/prerequisites.py); tests that read one are marked needs_tofu_logs."""
     return tofu_log(name)
-
-
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """Run `geffect ...` through the real entry point with the eval command registered; (code, stdout, stderr)."""
-    from geffect.cli import main as main_module
-
-    monkeypatch.setattr(main_module, "COMMAND_MODULES", ("eval",))
-
-    def run(*argv):
-        code = main_module.main([str(a) for a in argv])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run

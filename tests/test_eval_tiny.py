@@ -35,8 +35,15 @@ def _evaluate(model_fixture, data_fixture, retain_logs=None) -> dict:
     else:
         model, tokenizer = load_model_and_tokenizer(_path(model_fixture))
     return evaluate(
-        model, tokenizer, _path(data_fixture), FORGET_SPLIT, TEMPLATE,
-        retain_logs=retain_logs, ds_size=DS_SIZE, batch_size=64, max_new_tokens=MAX_NEW_TOKENS,
+        model,
+        tokenizer,
+        _path(data_fixture),
+        FORGET_SPLIT,
+        TEMPLATE,
+        retain_logs=retain_logs,
+        ds_size=DS_SIZE,
+        batch_size=64,
+        max_new_tokens=MAX_NEW_TOKENS,
     )
 
 

@@ -176,7 +176,9 @@ def test_fixture_models_learned_and_share_a_tokenizer(tiny_target_model, tiny_re
     for folder in (tiny_target_model, tiny_retain_model):
         summary = json.loads((Path(folder) / "finetune.json").read_text())
         assert sum(summary["losses"][-20:]) / 20 < 0.4 * summary["first_loss"]
-    assert (Path(tiny_target_model) / "tokenizer.json").read_bytes() == (Path(tiny_retain_model) / "tokenizer.json").read_bytes()
+    assert (Path(tiny_target_model) / "tokenizer.json").read_bytes() == (
+        Path(tiny_retain_model) / "tokenizer.json"
+    ).read_bytes()
 
 
 def test_batched_greedy_decoding_matches_one_by_one(tiny_target_model, tiny_benchmark):
@@ -192,8 +194,18 @@ def test_batched_greedy_decoding_matches_one_by_one(tiny_target_model, tiny_benc
 
 
 def test_finetune_a_local_model_folder(tiny_target_model, tiny_benchmark, tmp_path):
-    result = finetune(FinetuneConfig(data=str(tiny_benchmark), split="forget10", model=str(tiny_target_model),
-                                     out=tmp_path / "more", max_steps=1, batch_size=4, eval_limit=2, progress=False))
+    result = finetune(
+        FinetuneConfig(
+            data=str(tiny_benchmark),
+            split="forget10",
+            model=str(tiny_target_model),
+            out=tmp_path / "more",
+            max_steps=1,
+            batch_size=4,
+            eval_limit=2,
+            progress=False,
+        )
+    )
     assert result.config["template"] == "plain" and result.config["lr"] == 1e-5 and result.steps == 1
     before, after = _weights(Path(tiny_target_model)), _weights(tmp_path / "more")
     assert before.keys() == after.keys() and not all(torch.equal(before[k], after[k]) for k in before)
@@ -202,8 +214,25 @@ def test_finetune_a_local_model_folder(tiny_target_model, tiny_benchmark, tmp_pa
 @pytest.mark.needs_tofu
 def test_cli_on_tofu(tmp_path, capsys):
     out = tmp_path / "tofu-tiny"
-    code = main(["finetune", "--data", TOFU, "--split", "full", "--model", "tiny", "--max-steps", "2",
-                 "--batch-size", "4", "--eval-limit", "4", "--out", str(out)])
+    code = main(
+        [
+            "finetune",
+            "--data",
+            TOFU,
+            "--split",
+            "full",
+            "--model",
+            "tiny",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--eval-limit",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "exact match:" in printed and "of 4000 records of split full" in printed

@@ -11,8 +11,8 @@ from geffect.models.tiny import BOS, EOS, PAD, UNK, benchmark_texts, build_tiny,
 
 TEXTS = [
     "Question: Where was Adaeze Ekwueme born?\nAnswer: Adaeze Ekwueme was born in Lyon, France.",
-    "The latest book by Adaeze Ekwueme is \"The Winter of the Salt Violin\".",
-    "Who wrote \"Pride and Prejudice\"? Jane Austen, in 1813.",
+    'The latest book by Adaeze Ekwueme is "The Winter of the Salt Violin".',
+    'Who wrote "Pride and Prejudice"? Jane Austen, in 1813.',
 ] * 20
 SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
 
@@ -34,7 +34,10 @@ def test_round_trip(tokenizer, text):
 
 def test_leading_space_is_implicit(tokenizer):
     # As with Llama's tokenizer, a word opening a text is the same token as that word after a space.
-    assert tokenizer("Ekwueme", add_special_tokens=False)["input_ids"] == tokenizer(" Ekwueme", add_special_tokens=False)["input_ids"]
+    assert (
+        tokenizer("Ekwueme", add_special_tokens=False)["input_ids"]
+        == tokenizer(" Ekwueme", add_special_tokens=False)["input_ids"]
+    )
     question = tokenizer("Where was Adaeze Ekwueme born?", add_special_tokens=False)["input_ids"]
     answer = tokenizer("Adaeze Ekwueme was born in Lyon.", add_special_tokens=False)["input_ids"]
     assert answer[:2] == question[2:4]
@@ -71,7 +74,9 @@ def test_model_matches_tokenizer_and_seed(tokenizer):
     assert torch.equal(torch.get_rng_state(), state)  # the seed does not leak into the global RNG
     assert a.config.vocab_size == len(tokenizer)
     assert (a.config.bos_token_id, a.config.eos_token_id, a.config.pad_token_id) == (
-        tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
     )
     assert a.config.model_type == "llama" and a.config.hidden_size == 32
     for (name, p), q, r in zip(a.named_parameters(), b.parameters(), c.parameters()):
@@ -91,7 +96,10 @@ def test_save_load_round_trip_through_auto_classes(tokenizer, tmp_path):
     text = "Question: Where was Adaeze Ekwueme born?\nAnswer: "
     ids = tokenizer(text, return_tensors="pt")["input_ids"]
     assert loaded_tokenizer(text, return_tensors="pt")["input_ids"].tolist() == ids.tolist()
-    assert (loaded_tokenizer.eos_token_id, loaded_tokenizer.pad_token_id) == (tokenizer.eos_token_id, tokenizer.pad_token_id)
+    assert (loaded_tokenizer.eos_token_id, loaded_tokenizer.pad_token_id) == (
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+    )
     with torch.no_grad():
         assert torch.equal(model(ids).logits, loaded(ids).logits)
 

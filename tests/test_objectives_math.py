@@ -24,8 +24,15 @@ def tiny_model(seed: int = 0, arch: str = "llama"):
     torch.manual_seed(seed)
     if arch == "gpt2":
         config = GPT2Config(
-            vocab_size=VOCAB, n_embd=16, n_layer=2, n_head=2, n_positions=64, initializer_range=0.3,
-            bos_token_id=1, eos_token_id=2, attn_implementation="eager",
+            vocab_size=VOCAB,
+            n_embd=16,
+            n_layer=2,
+            n_head=2,
+            n_positions=64,
+            initializer_range=0.3,
+            bos_token_id=1,
+            eos_token_id=2,
+            attn_implementation="eager",
         )
         return GPT2LMHeadModel(config).to(torch.float64).eval()
     config = LlamaConfig(
@@ -83,9 +90,7 @@ def answer_tokens(batch):
 
 def token_logprobs(logits, batch):
     """{(i, t): log p(label_t | prefix)} by explicit indexing, one token at a time."""
-    return {
-        (i, t): torch.log_softmax(logits[i, t - 1], dim=-1)[batch["labels"][i, t]] for i, t in answer_tokens(batch)
-    }
+    return {(i, t): torch.log_softmax(logits[i, t - 1], dim=-1)[batch["labels"][i, t]] for i, t in answer_tokens(batch)}
 
 
 def seq_nll(logp, batch):
@@ -130,6 +135,7 @@ def close(a, b, tol) -> bool:
 
 
 # ---- token-weighted objectives: gradient = mean_t sg(w_t) * grad(-ce_t) --------------------------------
+
 
 def wga_w(p, p_ref, hp):
     return p ** hp["beta"]
@@ -185,6 +191,7 @@ def test_token_weighted_gradient_is_weighted_ga(setup, tol, method, weight_fn, h
 
 
 # ---- sequence-level objectives ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("beta", [0.1, 1.0])
 def test_npo_gradient_is_ga_reweighted_per_sequence(setup, tol, beta):
@@ -283,6 +290,7 @@ def test_undial_matches_direct_computation(setup, tol, beta):
 
 # ---- retain losses -------------------------------------------------------------------------------------
 
+
 def kl_at(ref_row, row):
     log_ref, log_p = torch.log_softmax(ref_row, dim=-1), torch.log_softmax(row, dim=-1)
     return (log_ref.exp() * (log_ref - log_p)).sum()
@@ -354,11 +362,15 @@ def test_risks_equal_hf_loss(setup, tol, method):
 
 # ---- RMU -----------------------------------------------------------------------------------------------
 
+
 def rmu_direct(hidden, target, batch):
     per_item = []
     for i in range(hidden.shape[0]):
-        rows = [((hidden[i, t] - target[i, t] if target.dim() == 3 else hidden[i, t] - target) ** 2).mean()
-                for t in range(hidden.shape[1]) if batch["labels"][i, t] != -100]
+        rows = [
+            ((hidden[i, t] - target[i, t] if target.dim() == 3 else hidden[i, t] - target) ** 2).mean()
+            for t in range(hidden.shape[1])
+            if batch["labels"][i, t] != -100
+        ]
         per_item.append(torch.stack(rows).mean())
     return torch.stack(per_item).mean()
 

@@ -20,22 +20,69 @@ from geffect.training.finetune_config import FinetuneConfig
 # A value other than the default for every field: a new option must be added here (and so, thought about).
 SAMPLES = {
     UnlearnConfig: {
-        "model": "org/target", "data": "org/data", "out": "runs/x", "forget": "forget05", "method": "NPO",
-        "retain_loss": "KL", "gamma": 0.5, "alpha": 2.0, "hparams": {"beta": 0.25}, "kl_mask": "all", "lr": 3e-4,
-        "epochs": 3, "batch_size": 2, "grad_accum": 8, "max_grad_norm": 1.5, "warmup_epochs": 0.5,
-        "weight_decay": 0.01, "save_every": 7, "keep_checkpoints": 3, "max_steps": 11, "seed": 5, "template": "phi",
-        "max_length": 256, "lora_r": 4, "lora_alpha": 16.0, "mixed_precision": "bf16", "dtype": "float64",
-        "resume": True, "overwrite": True, "progress": False,
+        "model": "org/target",
+        "data": "org/data",
+        "out": "runs/x",
+        "forget": "forget05",
+        "method": "NPO",
+        "retain_loss": "KL",
+        "gamma": 0.5,
+        "alpha": 2.0,
+        "hparams": {"beta": 0.25},
+        "kl_mask": "all",
+        "lr": 3e-4,
+        "epochs": 3,
+        "batch_size": 2,
+        "grad_accum": 8,
+        "max_grad_norm": 1.5,
+        "warmup_epochs": 0.5,
+        "weight_decay": 0.01,
+        "save_every": 7,
+        "keep_checkpoints": 3,
+        "max_steps": 11,
+        "seed": 5,
+        "template": "phi",
+        "max_length": 256,
+        "lora_r": 4,
+        "lora_alpha": 16.0,
+        "mixed_precision": "bf16",
+        "dtype": "float64",
+        "resume": True,
+        "overwrite": True,
+        "progress": False,
     },
     TrackerConfig: {
-        "every": 3, "estimator": "ema", "instances": True, "scatter": True, "tokens": True, "tensors": True,
-        "probe_size": 9, "probe_batch_size": 3, "activation_budget": 0.25,
+        "every": 3,
+        "estimator": "ema",
+        "instances": True,
+        "scatter": True,
+        "tokens": True,
+        "tensors": True,
+        "probe_size": 9,
+        "probe_batch_size": 3,
+        "activation_budget": 0.25,
     },
     FinetuneConfig: {
-        "data": "org/data", "out": "models/x", "split": "retain90", "model": "org/base", "epochs": 2, "lr": 2e-4,
-        "batch_size": 6, "warmup_ratio": 0.1, "weight_decay": 0.05, "max_length": 128, "precision": "bf16",
-        "seed": 4, "max_steps": 9, "include_general": False, "template": "llama2", "overwrite": True,
-        "eval_limit": 5, "eval_batch_size": 16, "model_overrides": {"hidden_size": 64}, "progress": False,
+        "data": "org/data",
+        "out": "models/x",
+        "split": "retain90",
+        "model": "org/base",
+        "epochs": 2,
+        "lr": 2e-4,
+        "batch_size": 6,
+        "warmup_ratio": 0.1,
+        "weight_decay": 0.05,
+        "max_length": 128,
+        "precision": "bf16",
+        "seed": 4,
+        "max_steps": 9,
+        "include_general": False,
+        "template": "llama2",
+        "overwrite": True,
+        "eval_limit": 5,
+        "eval_batch_size": 16,
+        "model_overrides": {"hidden_size": 64},
+        "progress": False,
     },
     EvalConfig: {"ds_size": 300, "batch_size": 8, "max_new_tokens": 20},
 }
@@ -69,9 +116,21 @@ def test_every_field_has_a_sample_and_a_flag(cls):
     assert set(SAMPLES[cls]) == {f.name for f in fields(cls)}
     for f in fields(cls):
         assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
-        assert SAMPLES[cls][f.name] != (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+        assert SAMPLES[cls][f.name] != (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        )
     assert {f.name for f in fields(cls) if f.metadata["study"] != SECTION} - SET_BY_STUDY[cls] <= {
-        "model", "data", "forget", "method", "retain_loss", "gamma", "alpha", "hparams", "seed", "template", "dtype"
+        "model",
+        "data",
+        "forget",
+        "method",
+        "retain_loss",
+        "gamma",
+        "alpha",
+        "hparams",
+        "seed",
+        "template",
+        "dtype",
     }
 
 
@@ -170,8 +229,14 @@ def test_an_unknown_key_is_refused_naming_it(cls, capsys):
     assert message.startswith(f"{section}.no_such_option: unknown key") and "\n" not in message
 
 
-@pytest.mark.parametrize("command", [["unlearn", "--model", "m", "--data", "d", "--out", "o", "--method", "GA"],
-                                     ["finetune", "--data", "d", "--out", "o"], ["eval"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["unlearn", "--model", "m", "--data", "d", "--out", "o", "--method", "GA"],
+        ["finetune", "--data", "d", "--out", "o"],
+        ["eval"],
+    ],
+)
 def test_an_unknown_flag_is_refused_naming_it(command, capsys):
     with pytest.raises(SystemExit) as caught:
         cli_main.main([*command, "--no-such-option=1"])

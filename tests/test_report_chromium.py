@@ -22,9 +22,19 @@ from prerequisites import find_chromium
 from report_fixtures import make_study
 
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-extensions", "--disable-dev-shm-usage",
-    "--allow-file-access-from-files", "--run-all-compositor-stages-before-draw", "--virtual-time-budget=10000",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--disable-dev-shm-usage",
+    "--allow-file-access-from-files",
+    "--run-all-compositor-stages-before-draw",
+    "--virtual-time-budget=10000",
 )
 PROBE = """<script>
 window.addEventListener('load', () => {
@@ -47,7 +57,9 @@ def chromium() -> str:
 def run_chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -19,10 +19,17 @@ from geffect.io import read_jsonl
 from geffect.reports.build import write_report
 from geffect.reports.geffect_plots import instance_points, measured_risk_change, plot_run, weight_bins
 from geffect.reports.runfiles import read_run
-from geffect.reports.tables import COLUMNS, SUMMARY_COLUMNS, to_markdown, build_rows, write_tables
+from geffect.reports.tables import COLUMNS, SUMMARY_COLUMNS, build_rows, to_markdown, write_tables
 from report_fixtures import make_study, write_run
 
-RUN_FIGURES = {"effects_vs_step", "groups_vs_step", "layer_heatmap", "instances", "instance_scatter", "predicted_vs_measured"}
+RUN_FIGURES = {
+    "effects_vs_step",
+    "groups_vs_step",
+    "layer_heatmap",
+    "instances",
+    "instance_scatter",
+    "predicted_vs_measured",
+}
 
 
 def assert_png(path: Path) -> tuple[int, int]:
@@ -61,9 +68,24 @@ def test_results_csv_holds_exactly_the_numbers_of_the_files(study):
 
 
 def test_markdown_rounds_to_three_significant_digits():
-    rows = [{"name": "r", "kind": "run", "method": "NPO", "forget_split": "forget10", "seed": 0, "params": "",
-             "forget_quality": 1.23456e-7, "model_utility": 0.56789, "forget_truth_ratio": math.nan,
-             "forget_prob": 1.0, "forget_rouge": 0.0, "extraction_strength": 0.5, "final_e_u": -12345.6, "final_e_r": 0.001234}]
+    rows = [
+        {
+            "name": "r",
+            "kind": "run",
+            "method": "NPO",
+            "forget_split": "forget10",
+            "seed": 0,
+            "params": "",
+            "forget_quality": 1.23456e-7,
+            "model_utility": 0.56789,
+            "forget_truth_ratio": math.nan,
+            "forget_prob": 1.0,
+            "forget_rouge": 0.0,
+            "extraction_strength": 0.5,
+            "final_e_u": -12345.6,
+            "final_e_r": 0.001234,
+        }
+    ]
     table = to_markdown(rows).splitlines()
     assert table[0].startswith("| method | forget_split |")
     assert table[2] == "| NPO | forget10 | 0 |  | 1.23e-07 | 0.568 | — | 1 | 0 | 0.5 | -1.23e+04 | 0.00123 |"
@@ -157,7 +179,7 @@ def test_index_html_embeds_every_figure_and_shows_the_files_numbers(study):
     for img in parser.images:
         prefix = "data:image/png;base64,"
         assert img["src"].startswith(prefix)
-        data = base64.b64decode(img["src"][len(prefix):])
+        data = base64.b64decode(img["src"][len(prefix) :])
         assert data == (root / img["data-file"]).read_bytes()
         Image.open(BytesIO(data)).verify()
     # Number cells: exact values from the TOFU_SUMMARY.json files, rounded text beside them.
@@ -204,7 +226,9 @@ def test_run_figures_have_labelled_axes_with_units_and_legends(tmp_path, monkeyp
         assert data_axes, name
         for ax in data_axes:
             assert ax.get_xlabel() and ax.get_ylabel(), f"{name}: {ax.get_title()!r} lacks an axis label"
-            assert "(" in ax.get_ylabel() or "index" in ax.get_ylabel(), f"{name}: y label without unit: {ax.get_ylabel()!r}"
+            assert "(" in ax.get_ylabel() or "index" in ax.get_ylabel(), (
+                f"{name}: y label without unit: {ax.get_ylabel()!r}"
+            )
             labelled = [h for h in ax.get_lines() + ax.collections if not h.get_label().startswith("_")]
             if len(labelled) > 1:
                 assert ax.get_legend() is not None, f"{name}: {ax.get_title()!r} has several series but no legend"

@@ -36,7 +36,11 @@ def base_config(**changes) -> dict:
         "name": "t",
         "benchmark": {"builtin": {"authors": 20, "seed": 1}},
         "model": {"base": "tiny"},
-        "methods": ["GA", {"method": "NPO", "grid": {"beta": [0.1, 0.5]}}, {"method": "WGA+KL", "params": {"beta": 2.0}}],
+        "methods": [
+            "GA",
+            {"method": "NPO", "grid": {"beta": [0.1, 0.5]}},
+            {"method": "WGA+KL", "params": {"beta": 2.0}},
+        ],
         "forget_splits": ["forget10"],
         "seeds": [0],
         "training": {"epochs": 1, "lr": 1e-4, "batch_size": 4, "grad_accum": 1},
@@ -54,7 +58,10 @@ def write(tmp_path: Path, config: dict) -> Path:
 BAD_CONFIGS = [
     # (change to the base config, expected start of the message)
     ({"methods": ["GA", "NPO", "Forgetify"]}, "methods[2].method: unknown unlearning method 'Forgetify'"),
-    ({"methods": ["GA", "NPO", {"method": "NPO", "grid": {"beta": []}}]}, "methods[2].grid.beta: a grid needs at least one value"),
+    (
+        {"methods": ["GA", "NPO", {"method": "NPO", "grid": {"beta": []}}]},
+        "methods[2].grid.beta: a grid needs at least one value",
+    ),
     ({"methods": [{"method": "NPO", "grid": {"betta": [0.1]}}]}, "methods[0].grid.betta: unknown hyper-parameter"),
     ({"methods": [{"method": "NPO", "grid": {"beta": 0.1}}]}, "methods[0].grid.beta: expected a list, got 0.1"),
     ({"methods": [{"method": "NPO", "gird": {"beta": [0.1]}}]}, "methods[0].gird: unknown key"),
@@ -72,7 +79,10 @@ BAD_CONFIGS = [
     ({"benchmark": {"builtin": {"authors": 20}, "source": "locuslab/TOFU"}}, "benchmark: give exactly one of builtin"),
     ({"forget_splits": ["forget20"]}, "forget_splits[0]: unknown value 'forget20'"),
     ({"seeds": ["a"]}, "seeds[0]: expected an integer, got 'a'"),
-    ({"model": {"base": "tiny", "retain": {"forget05": "x/y"}}}, "model.retain.forget05: not one of the study's forget_splits"),
+    (
+        {"model": {"base": "tiny", "retain": {"forget05": "x/y"}}},
+        "model.retain.forget05: not one of the study's forget_splits",
+    ),
     ({"template": "mistral"}, "template: unknown template 'mistral'"),
 ]
 
@@ -103,11 +113,13 @@ def test_not_yaml_and_missing_file_are_usage_errors(tmp_path, cli, capsys):
 
 
 def test_grid_expands_to_the_product_of_values_splits_and_seeds():
-    config = parse_config(base_config(
-        methods=[{"method": "NPO+KL", "grid": {"beta": [0.1, 0.5], "alpha": [1, 2, 3]}}, "GA"],
-        forget_splits=["forget05", "forget10"],
-        seeds=[0, 7],
-    ))
+    config = parse_config(
+        base_config(
+            methods=[{"method": "NPO+KL", "grid": {"beta": [0.1, 0.5], "alpha": [1, 2, 3]}}, "GA"],
+            forget_splits=["forget05", "forget10"],
+            seeds=[0, 7],
+        )
+    )
     runs = plan_study(config).runs
     npo = [r for r in runs if r.method == "NPO"]
     assert len(npo) == 2 * 3 * 2 * 2 and len(runs) == len(npo) + 2 * 2
@@ -134,7 +146,9 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "logs").mkdir()
     config = parse_config(
-        base_config(benchmark={"source": "data"}, model={"target": "org/model", "retain_logs": {"forget10": "logs/r.json"}}),
+        base_config(
+            benchmark={"source": "data"}, model={"target": "org/model", "retain_logs": {"forget10": "logs/r.json"}}
+        ),
         base_dir=tmp_path,
     )
     assert config.benchmark.source == str((tmp_path / "data").resolve())
@@ -163,7 +177,9 @@ def no_network_no_models(monkeypatch):
 
 
 @pytest.mark.parametrize("example, runs", [("tofu-phi.yaml", 66), ("tofu-llama2.yaml", 66), ("builtin-cpu.yaml", 12)])
-def test_dry_run_of_examples_lists_runs_without_touching_anything(tmp_path, cli, capsys, no_network_no_models, example, runs):
+def test_dry_run_of_examples_lists_runs_without_touching_anything(
+    tmp_path, cli, capsys, no_network_no_models, example, runs
+):
     out = tmp_path / "out"
     code, stdout, err = cli(["study", EXAMPLES / example, "--dry-run", "--out", out], capsys)
     assert code == 0, err
@@ -174,7 +190,9 @@ def test_dry_run_of_examples_lists_runs_without_touching_anything(tmp_path, cli,
     if example == "tofu-phi.yaml":
         assert "locuslab/tofu_ft_phi-1.5" in stdout and "locuslab/TOFU" in stdout
         assert any("forget10-NPO+KL-beta0.5-seed42" in line and "lr 2e-05, batch 4x4" in line for line in run_lines)
-        assert any(line.strip().startswith("run forget01-WTNPO-seed42: WTNPO (beta=4, power=1.5)") for line in run_lines)
+        assert any(
+            line.strip().startswith("run forget01-WTNPO-seed42: WTNPO (beta=4, power=1.5)") for line in run_lines
+        )
 
 
 def test_demo_config_is_the_shipped_example_and_has_the_paper_methods(cli, capsys, no_network_no_models):
@@ -184,5 +202,18 @@ def test_demo_config_is_the_shipped_example_and_has_the_paper_methods(cli, capsy
     code, stdout, _ = cli(["demo", "--dry-run", "--out", "unused"], capsys)
     assert code == 0
     labels = {line.split(":")[0].split("-")[1] for line in stdout.splitlines() if line.strip().startswith("run ")}
-    assert labels >= {"GA", "GradDiff", "NPO", "NPO+KL", "IdkPO", "RMU", "SimNPO", "WGA", "TNPO", "WTNPO", "WGA+KL", "WTNPO+KL"}
+    assert labels >= {
+        "GA",
+        "GradDiff",
+        "NPO",
+        "NPO+KL",
+        "IdkPO",
+        "RMU",
+        "SimNPO",
+        "WGA",
+        "TNPO",
+        "WTNPO",
+        "WGA+KL",
+        "WTNPO+KL",
+    }
     assert "G-effects every 1 step(s)" in stdout

@@ -18,7 +18,10 @@ def tiny_study(methods) -> dict:
     return {
         "name": "e2e",
         "benchmark": {"builtin": {"authors": 10, "seed": 0}},
-        "model": {"base": "tiny", "finetune": {"epochs": 1, "max_steps": 2, "batch_size": 8, "eval_limit": 0, "model_overrides": TINY_ARCH}},
+        "model": {
+            "base": "tiny",
+            "finetune": {"epochs": 1, "max_steps": 2, "batch_size": 8, "eval_limit": 0, "model_overrides": TINY_ARCH},
+        },
         "methods": methods,
         "training": {"epochs": 1, "max_steps": 2, "batch_size": 4, "grad_accum": 1, "lr": 1e-3, "max_length": 96},
         "geffect": {"enabled": True, "every": 1, "estimator": "batch", "instances": True},
@@ -44,7 +47,11 @@ def test_study_writes_runs_evaluations_tables_figures_and_report(finished):
         assert [r["step"] for r in log] == [1, 2] and [r["step"] for r in effects] == [1, 2]
         assert (run / "model" / "config.json").exists()
         assert (run / "eval" / "TOFU_EVAL.json").exists() and (run / "eval" / "TOFU_SUMMARY.json").exists()
-        assert {p.stem for p in (run / "figures").glob("*.png")} >= {"effects_vs_step", "groups_vs_step", "layer_heatmap"}
+        assert {p.stem for p in (run / "figures").glob("*.png")} >= {
+            "effects_vs_step",
+            "groups_vs_step",
+            "layer_heatmap",
+        }
     with open(out / "results.csv", newline="", encoding="utf-8") as handle:
         rows = {row["name"]: row for row in csv.DictReader(handle)}
     assert list(rows) == ["target", "retain", *names]
@@ -59,7 +66,16 @@ def test_study_writes_runs_evaluations_tables_figures_and_report(finished):
     timings = json.loads((out / "timings.json").read_text())["stages"]
     # Side by side on a multi-core CPU: both fine-tunes, then both unlearning runs, then both evaluations.
     assert [s["stage"] for s in timings] == [
-        "benchmark", "finetune", "finetune", "reference", "evaluate", "unlearn", "unlearn", "evaluate", "evaluate", "report"
+        "benchmark",
+        "finetune",
+        "finetune",
+        "reference",
+        "evaluate",
+        "unlearn",
+        "unlearn",
+        "evaluate",
+        "evaluate",
+        "report",
     ]
     assert not any(s["cached"] for s in timings)
 
@@ -73,12 +89,18 @@ def test_rerun_skips_finished_stages_and_redoes_only_what_changed(finished, caps
     assert marker.stat().st_mtime_ns == before
     assert "cached" in capsys.readouterr().err
 
-    changed = parse_config({**tiny_study(["GA", {"method": "NPO+KL", "grid": {"beta": [0.5]}, "training": {"lr": 5e-4}}]),
-                            "side_by_side": False})  # the one-after-the-other path; caching ignores this option
+    changed = parse_config(
+        {
+            **tiny_study(["GA", {"method": "NPO+KL", "grid": {"beta": [0.5]}, "training": {"lr": 5e-4}}]),
+            "side_by_side": False,
+        }
+    )  # the one-after-the-other path; caching ignores this option
     third = run_study(changed, out)
     ran = {(s.stage, s.name) for s in third.stages if not s.cached}
     assert ran == {
-        ("unlearn", "forget10-NPO+KL-beta0.5-seed0"), ("evaluate", "forget10-NPO+KL-beta0.5-seed0"), ("report", "index.html")
+        ("unlearn", "forget10-NPO+KL-beta0.5-seed0"),
+        ("evaluate", "forget10-NPO+KL-beta0.5-seed0"),
+        ("report", "index.html"),
     }
     options = read_jsonl(out / "runs" / "forget10-NPO+KL-beta0.5-seed0" / "log.jsonl")
     assert len(options) == 2  # the run was redone from scratch, not appended to

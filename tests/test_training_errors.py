@@ -9,12 +9,12 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_training_support import tiny_paths
 
 import geffect.training.unlearn as loop
 from geffect.cli.unlearn import main
 from geffect.io import read_jsonl
 from geffect.training.checkpoint import list_checkpoints
+from test_training_support import tiny_paths
 
 
 def _args(data, model, out, *extra):
@@ -43,7 +43,11 @@ def test_bad_input_exits_2_with_one_line(tmp_path_factory, tmp_path, capsys, cas
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "log.jsonl").write_text("{}\n")
-    replace = {"DATA_WITHOUT_FORGET10": str(partial), "MISSING_MODEL": str(tmp_path / "no-model"), "EXISTING_RUN": str(existing)}
+    replace = {
+        "DATA_WITHOUT_FORGET10": str(partial),
+        "MISSING_MODEL": str(tmp_path / "no-model"),
+        "EXISTING_RUN": str(existing),
+    }
     extra = [replace.get(item, item) for item in extra]
     out = tmp_path / "run"
     capsys.readouterr()  # drop what building the tiny model printed

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_training_support import config, tiny_paths
 
 from geffect.data.collate import collate, pad_token_id
 from geffect.data.templates import get_template
@@ -25,6 +24,7 @@ from geffect.objectives import get_method, method_names
 from geffect.objectives.tokens import score
 from geffect.training.batches import encode_records
 from geffect.training.unlearn import unlearn
+from test_training_support import config, tiny_paths
 
 TEMPLATE = get_template("plain")
 

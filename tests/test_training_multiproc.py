@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from test_training_support import config, final_weights, tiny_paths
 
 from geffect.io import read_jsonl
 from geffect.training.batches import StepSampler
 from geffect.training.unlearn import unlearn
+from test_training_support import config, final_weights, tiny_paths
 
 REPO = Path(__file__).resolve().parents[1]
 COMPARED = ("loss", "forget_loss", "retain_loss", "forget_risk", "retain_risk", "mean_token_weight", "lr", "grad_norm")
@@ -32,11 +32,10 @@ def test_global_batches_do_not_depend_on_the_number_of_processes():
     four = StepSampler(n_forget=23, n_retain=7, batch_size=2, grad_accum=1, world_size=4, seed=3)
     assert one.steps_per_epoch == two.steps_per_epoch == four.steps_per_epoch == 3
     for step in range(6):
+
         def chunks(sampler):
             per_rank = [sampler.micro_batches(step, rank) for rank in range(sampler.world_size)]
-            return sorted(
-                (tuple(m.forget.tolist()), tuple(m.retain.tolist())) for batches in per_rank for m in batches
-            )
+            return sorted((tuple(m.forget.tolist()), tuple(m.retain.tolist())) for batches in per_rank for m in batches)
 
         assert chunks(one) == chunks(two) == chunks(four)
     # Every forget item is seen in every epoch; epochs are shuffled differently.

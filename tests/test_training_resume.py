@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-from test_training_support import config, tiny_paths
 
 from geffect.errors import UsageError
 from geffect.io import read_jsonl
 from geffect.training.checkpoint import list_checkpoints
 from geffect.training.unlearn import unlearn
+from test_training_support import config, tiny_paths
 
 
 class Crash(RuntimeError):

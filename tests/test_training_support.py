@@ -39,8 +39,16 @@ def tiny_paths(tmp_path_factory) -> tuple[str, str]:
 def config(data: str, model: str, out: Path, **changes) -> UnlearnConfig:
     """A small, fast run: 20 forget items, 2 per micro-batch."""
     values = dict(
-        model=model, data=data, out=str(out), method="NPO", lr=1e-3, epochs=1, batch_size=2, grad_accum=2,
-        warmup_epochs=0.5, progress=False,
+        model=model,
+        data=data,
+        out=str(out),
+        method="NPO",
+        lr=1e-3,
+        epochs=1,
+        batch_size=2,
+        grad_accum=2,
+        warmup_epochs=0.5,
+        progress=False,
     )
     values.update(changes)
     return UnlearnConfig(**values)

@@ -10,7 +10,6 @@ import random
 import numpy as np
 import pytest
 import torch
-from test_training_support import config, tiny_paths
 
 from geffect.data.collate import pad_token_id
 from geffect.data.templates import get_template
@@ -24,6 +23,7 @@ from geffect.training.checkpoint import _load_rng, _save_rng
 from geffect.training.schedule import build_scheduler, warmup_steps_for
 from geffect.training.step_stats import StepStats
 from geffect.training.unlearn import unlearn
+from test_training_support import config, tiny_paths
 
 
 class GradientCheck:
@@ -97,8 +97,12 @@ def test_step_stats_are_global_token_means():
         token_w[:, 0] = 0
         weights.append(token_w)
         out = LossOutput(
-            loss=torch.tensor(f_risk + r_risk), forget_loss=torch.tensor(f_risk), retain_loss=torch.tensor(r_risk),
-            forget_risk=torch.tensor(f_risk), retain_risk=torch.tensor(r_risk), token_weights=token_w,
+            loss=torch.tensor(f_risk + r_risk),
+            forget_loss=torch.tensor(f_risk),
+            retain_loss=torch.tensor(r_risk),
+            forget_risk=torch.tensor(f_risk),
+            retain_risk=torch.tensor(r_risk),
+            token_weights=token_w,
         )
         stats.add(out, UnlearnBatch(forget=forget, retain=retain), out.forget_risk)
     record = stats.reduce()
@@ -150,7 +154,13 @@ def test_cli_options_map_onto_the_config():
     )
     cfg = config_from_args(args)
     assert (cfg.method, cfg.hparams, cfg.lr, cfg.grad_accum, cfg.max_grad_norm, cfg.lora_r, cfg.resume) == (
-        "NPO+KL", {"delta": 1.0, "beta": 0.5}, 2e-5, 3, 1.0, 8, True
+        "NPO+KL",
+        {"delta": 1.0, "beta": 0.5},
+        2e-5,
+        3,
+        1.0,
+        8,
+        True,
     )
     assert cfg.epochs == 5 and cfg.warmup_epochs == 1.0 and cfg.weight_decay == 0.0  # the paper's defaults
     with pytest.raises(UsageError, match="KEY=VALUE"):

@@ -22,6 +22,7 @@ from geffect.errors import UsageError
 from geffect.schema import convert, fail
 
 SECTION = "section"
+BY_STUDY = "(set by the study)"  # `study` of a field the study sets from its own layout (paths, resume, ...)
 Check = Callable[[Any], "str | None"]  # a value -> None when fine, else what is wrong ("must be >= 1, got 0")
 
 
@@ -40,8 +41,15 @@ def option(
     """A dataclass field declaring one option. `flag`: the command-line flag when it is not `--field-name`
     (with the class's prefix); `study`: where a study YAML sets it (SECTION or the key that provides it);
     `required`: the command line must give it even though Python callers have a default."""
-    metadata = {"help": help, "check": check, "choices": tuple(choices) if choices else None, "flag": flag,
-                "metavar": metavar, "study": study, "required": required}  # fmt: skip
+    metadata = {
+        "help": help,
+        "check": check,
+        "choices": tuple(choices) if choices else None,
+        "flag": flag,
+        "metavar": metavar,
+        "study": study,
+        "required": required,
+    }
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -87,9 +95,11 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _base_type(hint: Any) -> Any:
-    """`X` of `X | None`."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if typing.get_origin(hint) is not None and len(args) == 1 and type(None) in typing.get_args(hint) else hint
+    """`X` of `X | None`; any other hint as it is."""
+    args = typing.get_args(hint)
+    if len(args) == 2 and type(None) in args:
+        return next(a for a in args if a is not type(None))
+    return hint
 
 
 def has_default(f: Field) -> bool:
@@ -103,7 +113,9 @@ def default_of(f: Field) -> Any:
 # --- command line --------------------------------------------------------------------------------------------
 
 
-def parse_pairs(items: Sequence[str], flag: str, value_type: Callable[[str], Any]) -> dict[str, Any]:
+def parse_pairs(
+    items: Sequence[str], flag: str, value_type: Callable[[str], Any], what: str = "a number"
+) -> dict[str, Any]:
     """`KEY=VALUE` items of a repeatable flag as a mapping."""
     values: dict[str, Any] = {}
     for item in items:
@@ -113,14 +125,17 @@ def parse_pairs(items: Sequence[str], flag: str, value_type: Callable[[str], Any
         try:
             values[key.strip()] = value_type(text)
         except ValueError:
-            raise UsageError(f"{flag} {item!r}: {text!r} is not a number") from None
+            raise UsageError(f"{flag} {item!r}: {text!r} is not {what}") from None
     return values
 
 
 def _yaml_value(text: str) -> Any:
     import yaml
 
-    return yaml.safe_load(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ValueError(text) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, only: Sequence[str] | None = None) -> None:
@@ -152,7 +167,11 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, only: Sequen
         elif has_default(f):
             kwargs["default"] = default_of(f)
             if kwargs["default"] is not None and "default" not in text:
-                kwargs["help"] = f"{text} (default {kwargs['default']:g})" if hint is float else f"{text} (default {kwargs['default']})"
+                kwargs["help"] = (
+                    f"{text} (default {kwargs['default']:g})"
+                    if hint is float
+                    else f"{text} (default {kwargs['default']})"
+                )
         else:
             kwargs["required"] = True
         parser.add_argument(flag, **kwargs)
@@ -169,7 +188,8 @@ def from_args(cls: type, args: argparse.Namespace, /, **values: Any) -> Any:
         hint = _base_type(hints[f.name])
         if typing.get_origin(hint) is dict:
             item = typing.get_args(hint)[1]
-            value = parse_pairs(value, flag_of(cls, f), float if item is float else _yaml_value)
+            parse, what = (float, "a number") if item is float else (_yaml_value, "a YAML value")
+            value = parse_pairs(value, flag_of(cls, f), parse, what)
         given[f.name] = value
     return cls(**{**given, **values})
 
@@ -219,7 +239,11 @@ def _fail(section: str | None, by_key: bool, message: str) -> None:
 def section_values(cls: type, data: Any, path: str, by_key: bool = False) -> dict[str, Any]:
     """The options a study section gives for `cls`, converted and checked (errors name the key path); the
     fields the study provides otherwise take their defaults or placeholders for the check."""
-    others = {f.name: default_of(f) if has_default(f) else "" for f in fields(cls) if f.metadata.get("study", SECTION) != SECTION}
+    others = {
+        f.name: default_of(f) if has_default(f) else ""
+        for f in fields(cls)
+        if f.metadata.get("study", SECTION) != SECTION
+    }
     obj = from_mapping(cls, data, path, **others)
     check(obj, path, by_key)
     return {key: getattr(obj, key) for key in (data or {})}

@@ -1,13 +1,13 @@
 """One unlearning run's folder: the only place that knows its file names and reads and writes its files.
 
-    RUN/config.yaml          options, resolved values and the settings callbacks recorded
-    RUN/log.jsonl            one line per optimizer step
-    RUN/geffect.jsonl        one G-effect record per measured step (docs/geffect-format.md)
-    RUN/geffect_layout.json  the parameter layout of those records
-    RUN/checkpoints/         step-NNNNNNNN folders (geffect.training.checkpoint)
-    RUN/model/               the final save_pretrained folder
-    RUN/summary.json         written last: its presence marks a finished run
-    RUN/figures/             `geffect plot`'s figures
+RUN/config.yaml          options, resolved values and the settings callbacks recorded
+RUN/log.jsonl            one line per optimizer step
+RUN/geffect.jsonl        one G-effect record per measured step (docs/geffect-format.md)
+RUN/geffect_layout.json  the parameter layout of those records
+RUN/checkpoints/         step-NNNNNNNN folders (geffect.training.checkpoint)
+RUN/model/               the final save_pretrained folder
+RUN/summary.json         written last: its presence marks a finished run
+RUN/figures/             `geffect plot`'s figures
 """
 
 from __future__ import annotations

@@ -26,7 +26,10 @@ def build(cls: type, data: Any, path: str = "") -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise fail(path, f"expected a mapping with keys {', '.join(f.name for f in dataclasses.fields(cls))}, got {_shown(data)}")
+        raise fail(
+            path,
+            f"expected a mapping with keys {', '.join(f.name for f in dataclasses.fields(cls))}, got {_shown(data)}",
+        )
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [key for key in data if key not in fields]
     if unknown:

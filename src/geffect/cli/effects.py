@@ -13,8 +13,8 @@ import json
 import math
 from pathlib import Path
 
-from geffect.errors import UsageError
 from geffect.cli.unlearn import add_objective_arguments
+from geffect.errors import UsageError
 
 HELP = "G-effects of saved checkpoints (one geffect.jsonl line per checkpoint), or --validate: the first-order check"
 
@@ -29,29 +29,67 @@ def build_effects_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     from geffect.effects.posthoc import ESTIMATORS
 
     what = parser.add_argument_group("what to measure")
-    what.add_argument("--checkpoints", nargs="+", metavar="DIR", help="save_pretrained folders, run checkpoints (RUN/checkpoints/step-N) or run folders (expanded to their checkpoints in step order)")
-    what.add_argument("--validate", action="store_true", help="first-order check on --model: -eta*e against the measured risk change after one SGD step")
+    what.add_argument(
+        "--checkpoints",
+        nargs="+",
+        metavar="DIR",
+        help="save_pretrained folders, run checkpoints (RUN/checkpoints/step-N) or run folders (expanded to their checkpoints in step order)",
+    )
+    what.add_argument(
+        "--validate",
+        action="store_true",
+        help="first-order check on --model: -eta*e against the measured risk change after one SGD step",
+    )
     what.add_argument("--model", help="--validate: the model folder to check")
     what.add_argument("--data", required=True, help="TOFU folder (JSON Lines named like the hub) or hub id")
-    what.add_argument("--forget", default="forget10", help="forget split (default forget10); its retain split gives the retain data")
-    what.add_argument("--out", help="output file: JSON Lines, one line per checkpoint (with --validate: optional JSON file)")
+    what.add_argument(
+        "--forget", default="forget10", help="forget split (default forget10); its retain split gives the retain data"
+    )
+    what.add_argument(
+        "--out", help="output file: JSON Lines, one line per checkpoint (with --validate: optional JSON file)"
+    )
     what.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
     objective = parser.add_argument_group("objective")
     add_objective_arguments(objective)
-    objective.add_argument("--reference", default=None, metavar="DIR", help="pi_ref for objectives that need one (default: the run's starting model, else the first checkpoint; --validate: the model itself)")
+    objective.add_argument(
+        "--reference",
+        default=None,
+        metavar="DIR",
+        help="pi_ref for objectives that need one (default: the run's starting model, else the first checkpoint; --validate: the model itself)",
+    )
 
     how = parser.add_argument_group("estimator")
-    how.add_argument("--estimator", choices=ESTIMATORS, default="full", help="full (whole forget split, retain probe; default) or batch (the run's first mini-batch)")
-    how.add_argument("--batch-size", type=int, default=8, help="items per forward (default 8); with full, one batch holding the whole split gives the exact grad L_u(D_u)")
-    how.add_argument("--probe-size", type=int, default=32, metavar="N", help="retain probe items for the full estimator (default 32)")
+    how.add_argument(
+        "--estimator",
+        choices=ESTIMATORS,
+        default="full",
+        help="full (whole forget split, retain probe; default) or batch (the run's first mini-batch)",
+    )
+    how.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="items per forward (default 8); with full, one batch holding the whole split gives the exact grad L_u(D_u)",
+    )
+    how.add_argument(
+        "--probe-size", type=int, default=32, metavar="N", help="retain probe items for the full estimator (default 32)"
+    )
     how.add_argument("--instances", action="store_true", help="per-item contributions (ghost dot products)")
     how.add_argument("--tokens", action="store_true", help="per-token contributions (implies --instances)")
     how.add_argument("--tensors", action="store_true", help="per-tensor breakdown in every line")
-    how.add_argument("--template", default=None, help="prompt template (phi, llama2, plain, chat); default: the run's, else from the model name")
+    how.add_argument(
+        "--template",
+        default=None,
+        help="prompt template (phi, llama2, plain, chat); default: the run's, else from the model name",
+    )
     how.add_argument("--max-length", type=int, default=None, help="max tokens per item (default: the run's, else 512)")
-    how.add_argument("--seed", type=int, default=None, help="seed of the retain pairing and probe (default: the run's, else 0)")
-    how.add_argument("--dtype", default=None, help="dtype the weights are loaded in (default float32; --validate: float64)")
+    how.add_argument(
+        "--seed", type=int, default=None, help="seed of the retain pairing and probe (default: the run's, else 0)"
+    )
+    how.add_argument(
+        "--dtype", default=None, help="dtype the weights are loaded in (default float32; --validate: float64)"
+    )
     how.add_argument("--eta", type=float, default=1e-5, help="--validate: SGD step size (default 1e-5)")
     how.add_argument("--json", action="store_true", help="--validate: print JSON instead of a table")
     how.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -63,7 +101,9 @@ def _objective(args: argparse.Namespace):
     from geffect.objectives import build_objective, objective_config
 
     hparams = parse_hparams(args.hparams, args.beta)
-    return build_objective(objective_config(args.method, args.retain_loss, args.gamma, args.alpha, hparams, args.kl_mask))
+    return build_objective(
+        objective_config(args.method, args.retain_loss, args.gamma, args.alpha, hparams, args.kl_mask)
+    )
 
 
 def _options(args: argparse.Namespace, dtype: str | None):
@@ -72,9 +112,18 @@ def _options(args: argparse.Namespace, dtype: str | None):
 
     resolve_dtype(dtype)  # fails early on an unknown name
     options = EffectOptions(
-        data=args.data, forget=args.forget, estimator=args.estimator, batch_size=args.batch_size, probe_size=args.probe_size,
-        instances=args.instances or args.tokens, tokens=args.tokens, tensors=args.tensors, template=args.template,
-        max_length=args.max_length, seed=args.seed, dtype=dtype,
+        data=args.data,
+        forget=args.forget,
+        estimator=args.estimator,
+        batch_size=args.batch_size,
+        probe_size=args.probe_size,
+        instances=args.instances or args.tokens,
+        tokens=args.tokens,
+        tensors=args.tensors,
+        template=args.template,
+        max_length=args.max_length,
+        seed=args.seed,
+        dtype=dtype,
     )
     options.validate()
     return options
@@ -121,14 +170,23 @@ def run_posthoc(args: argparse.Namespace) -> int:
 def run_validate(args: argparse.Namespace) -> int:
     import torch
 
-    from geffect.effects.posthoc import build_sets, expand_checkpoints, load_checkpoint_model, load_reference, plan_posthoc, validate_model
+    from geffect.effects.posthoc import (
+        build_sets,
+        expand_checkpoints,
+        load_checkpoint_model,
+        load_reference,
+        plan_posthoc,
+        validate_model,
+    )
     from geffect.io import atomic_write_json
     from geffect.models.loading import load_tokenizer
 
     if args.model is None:
         raise UsageError("--validate needs --model DIR, the model to check")
     if args.checkpoints:
-        raise UsageError("--validate checks one --model; drop --checkpoints (or drop --validate for post-hoc G-effects)")
+        raise UsageError(
+            "--validate checks one --model; drop --checkpoints (or drop --validate for post-hoc G-effects)"
+        )
     if not (math.isfinite(args.eta) and args.eta > 0):
         raise UsageError(f"--eta must be a positive number, got {args.eta}")
     out = _check_out(args.out, args.overwrite)
@@ -136,13 +194,25 @@ def run_validate(args: argparse.Namespace) -> int:
     options = _options(args, args.dtype or "float64")
     checkpoints = expand_checkpoints([args.model])[-1:]  # a run folder: its final model
     plan = plan_posthoc(checkpoints, objective, options, args.reference)
-    sets = build_sets(load_tokenizer(plan.tokenizer_source), plan.template, options, objective, plan.seed, plan.max_length, plan.device)
+    sets = build_sets(
+        load_tokenizer(plan.tokenizer_source),
+        plan.template,
+        options,
+        objective,
+        plan.seed,
+        plan.max_length,
+        plan.device,
+    )
     model = load_checkpoint_model(checkpoints[0], options.dtype).to(plan.device)
     objective.setup(model, torch.Generator().manual_seed(plan.seed))
     results = validate_model(model, objective, sets, load_reference(plan), args.eta)
     report = {
-        "model": str(checkpoints[0].path), "method": objective.name, "estimator": options.estimator, "dtype": options.dtype,
-        "eta": args.eta, "sets": {name: result.to_json() for name, result in results.items()},
+        "model": str(checkpoints[0].path),
+        "method": objective.name,
+        "estimator": options.estimator,
+        "dtype": options.dtype,
+        "eta": args.eta,
+        "sets": {name: result.to_json() for name, result in results.items()},
     }
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -150,8 +220,12 @@ def run_validate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"first-order check of {objective.name} on {report['model']} (eta {args.eta:g}, {options.dtype}, {options.estimator} estimator)")
+        print(
+            f"first-order check of {objective.name} on {report['model']} (eta {args.eta:g}, {options.dtype}, {options.estimator} estimator)"
+        )
         print(f"{'set':<8} {'e':>13} {'predicted -eta*e':>17} {'measured dR':>13} {'rel. error':>11}")
         for name, result in results.items():
-            print(f"{name:<8} {result.e:>13.6g} {result.predicted:>17.6g} {result.measured:>13.6g} {result.relative_error:>11.3%}")
+            print(
+                f"{name:<8} {result.e:>13.6g} {result.predicted:>17.6g} {result.measured:>13.6g} {result.relative_error:>11.3%}"
+            )
     return 0

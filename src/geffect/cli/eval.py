@@ -39,7 +39,9 @@ def register(subparsers) -> None:
         "without it forget quality and privleak are null",
     )
     add_arguments(parser, EvalConfig)
-    parser.add_argument("--template", choices=sorted(TEMPLATES), help="prompt template (default: from the model name, else plain)")
+    parser.add_argument(
+        "--template", choices=sorted(TEMPLATES), help="prompt template (default: from the model name, else plain)"
+    )
     parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16, float64")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
     parser.add_argument("--out", help="output folder for TOFU_EVAL.json and TOFU_SUMMARY.json")
@@ -61,15 +63,21 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from geffect.models.loading import check_model_source, load_model_and_tokenizer
 
-    missing = [flag for flag, value in (("--model", args.model), ("--data", args.data), ("--out", args.out)) if not value]
+    missing = [
+        flag for flag, value in (("--model", args.model), ("--data", args.data), ("--out", args.out)) if not value
+    ]
     if missing:
-        raise UsageError(f"geffect eval needs {', '.join(missing)}; or run `geffect eval summarize FILE` on a saved evaluation")
+        raise UsageError(
+            f"geffect eval needs {', '.join(missing)}; or run `geffect eval summarize FILE` on a saved evaluation"
+        )
     scoring = from_args(EvalConfig, args)
     scoring.validate()
     check_model_source(args.model)
     template = get_template(args.template) if args.template else template_for_model(args.model)
     # Every input check before the (slow) model load.
-    retain = plan_evaluation(args.data, args.forget, template, args.retain_logs, scoring.ds_size, scoring.max_new_tokens).retain
+    retain = plan_evaluation(
+        args.data, args.forget, template, args.retain_logs, scoring.ds_size, scoring.max_new_tokens
+    ).retain
     out = prepare_output_dir(args.out, overwrite=args.overwrite)
 
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)

@@ -26,7 +26,9 @@ def run(args: argparse.Namespace) -> int:
     from geffect.training.finetune import finetune
 
     result = finetune(options.from_args(FinetuneConfig, args))
-    print(f"saved {result.out} ({result.steps} steps, {result.train_seconds:.1f} s training, final loss {result.last_loss:.4f})")
+    print(
+        f"saved {result.out} ({result.steps} steps, {result.train_seconds:.1f} s training, final loss {result.last_loss:.4f})"
+    )
     if result.eval_items:
         hits = round(result.accuracy * result.eval_items)
         scope = "all" if result.eval_items == result.split_items else f"a fixed sample of {result.eval_items} of"

@@ -21,8 +21,12 @@ def register(subparsers) -> None:
     )
     parser.add_argument("config", help="study configuration (YAML), e.g. examples/tofu-phi.yaml")
     parser.add_argument("--out", help="output folder (default: runs/<name in the config>)")
-    parser.add_argument("--dry-run", action="store_true", help="resolve the configuration and list the runs; load and download nothing")
-    parser.add_argument("--overwrite", action="store_true", help="delete OUT first instead of reusing its finished stages")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="resolve the configuration and list the runs; load and download nothing"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="delete OUT first instead of reusing its finished stages"
+    )
     parser.set_defaults(func=run)
 
 

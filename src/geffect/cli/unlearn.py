@@ -45,7 +45,9 @@ def add_objective_arguments(group) -> None:
 
 def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("G-effect tracking (docs/geffect-format.md)")
-    group.add_argument("--track-geffect", action="store_true", help="append one line per measured step to RUN/geffect.jsonl")
+    group.add_argument(
+        "--track-geffect", action="store_true", help="append one line per measured step to RUN/geffect.jsonl"
+    )
     add_arguments(group, TrackerConfig)
 
 
@@ -78,8 +80,10 @@ def run(args: argparse.Namespace) -> int:
     result = unlearn(unlearn_config(args), callbacks=build_callbacks(args))
     if result.summary:
         last = result.last_log or {}
-        print(f"unlearned with {result.summary['method']} for {result.steps} steps; "
-              f"forget risk {last.get('forget_risk', float('nan')):.4g}; model: {result.model_dir}")  # fmt: skip
+        print(
+            f"unlearned with {result.summary['method']} for {result.steps} steps; "
+            f"forget risk {last.get('forget_risk', float('nan')):.4g}; model: {result.model_dir}"
+        )
     return 0
 
 

@@ -41,9 +41,19 @@ class ChatTemplate(Template):
 TEMPLATES: dict[str, Template] = {
     t.name: t
     for t in (
-        Template("phi", "Question: {question}\n", "Answer: {answer}", "legacy TOFU phi-1.5 style; 'Answer:' is inside the loss"),
+        Template(
+            "phi",
+            "Question: {question}\n",
+            "Answer: {answer}",
+            "legacy TOFU phi-1.5 style; 'Answer:' is inside the loss",
+        ),
         Template("llama2", "[INST] {question} [/INST]", " {answer}", "Llama-2 chat, as the TOFU authors' code"),
-        Template("plain", "Question: {question}\nAnswer: ", "{answer}", "OpenUnlearning's plain template; 'Answer: ' is prompt"),
+        Template(
+            "plain",
+            "Question: {question}\nAnswer: ",
+            "{answer}",
+            "OpenUnlearning's plain template; 'Answer: ' is prompt",
+        ),
         ChatTemplate("chat", "", "{answer}", "the tokenizer's chat template (instruct models)"),
     )
 }
@@ -66,5 +76,3 @@ def template_for_model(model_name: str) -> Template:
         if hint in lowered:
             return TEMPLATES[name]
     return TEMPLATES["plain"]
-
-

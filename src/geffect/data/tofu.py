@@ -43,7 +43,9 @@ def available_splits(source: str) -> list[str]:
         folder = _local_folder(source)
         names = [s for s in (*SPLITS, GENERAL_SPLIT) if (folder / f"{s}.json").exists()]
         if not names:
-            raise UsageError(f"{folder} holds no TOFU split files (full.json, forget10.json, ...); point --data at a TOFU folder")
+            raise UsageError(
+                f"{folder} holds no TOFU split files (full.json, forget10.json, ...); point --data at a TOFU folder"
+            )
         return names
     return list(SPLITS)
 
@@ -76,7 +78,9 @@ def _load_local(source: str, split: str) -> list[dict]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as err:
-                raise UsageError(f"{path}:{number} is not valid JSON Lines ({err.msg}); expected one record a line") from None
+                raise UsageError(
+                    f"{path}:{number} is not valid JSON Lines ({err.msg}); expected one record a line"
+                ) from None
     return records
 
 
@@ -86,7 +90,9 @@ def _load_hub(source: str, split: str) -> list[dict]:
     try:
         dataset = datasets.load_dataset(source, split, split="train")
     except Exception as err:  # the hub client raises many types; the user needs one line
-        raise UsageError(f"could not load {source!r} config {split!r} from the hub: {str(err).splitlines()[0]}") from None
+        raise UsageError(
+            f"could not load {source!r} config {split!r} from the hub: {str(err).splitlines()[0]}"
+        ) from None
     return [dict(row) for row in dataset]
 
 

@@ -114,8 +114,11 @@ def discover_layout(model: nn.Module, trainable_only: bool = True) -> ParameterL
         if isinstance(module, nn.Embedding):
             embed_ids |= {id(p) for p in module.parameters() if id(p) not in layer_of}
     output_ids = _param_ids(output_emb)
-    tied = bool(embed_ids & output_ids) and input_emb is not None and output_emb is not None and (
-        getattr(output_emb, "weight", None) is getattr(input_emb, "weight", object())
+    tied = (
+        bool(embed_ids & output_ids)
+        and input_emb is not None
+        and output_emb is not None
+        and (getattr(output_emb, "weight", None) is getattr(input_emb, "weight", object()))
     )
 
     tensors: list[TensorInfo] = []

@@ -51,7 +51,9 @@ class ActivationBudget:
     with equal item counts (the tracker's probe and sets are the same on every rank).
     """
 
-    def __init__(self, limit_bytes: float, params: Sequence[torch.Tensor], agree: Callable[[float], float] | None = None):
+    def __init__(
+        self, limit_bytes: float, params: Sequence[torch.Tensor], agree: Callable[[float], float] | None = None
+    ):
         self.limit_bytes = float(limit_bytes)
         self.agree = agree
         self.bytes_per_token: float | None = None
@@ -84,7 +86,9 @@ class ActivationBudget:
         while start < rows:
             left = rows - start
             largest = min(self.items_per_micro_batch(length) or left, left)
-            size = math.ceil(left / math.ceil(left / largest))  # as few micro-batches, of even sizes: [2, 2], not [3, 1]
+            size = math.ceil(
+                left / math.ceil(left / largest)
+            )  # as few micro-batches, of even sizes: [2, 2], not [3, 1]
             stop = start + size
             self._seen.clear()
             self._saved = 0

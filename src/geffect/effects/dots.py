@@ -42,7 +42,9 @@ def tensor_dot(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.floa
     return total.to(dtype)
 
 
-def tensor_dots(left: Sequence[torch.Tensor | None], right: Sequence[torch.Tensor | None], dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def tensor_dots(
+    left: Sequence[torch.Tensor | None], right: Sequence[torch.Tensor | None], dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     """Vector of per-tensor dot products (0 where either side is None), on the device, in `dtype`."""
     device = next((t.device for t in list(left) + list(right) if t is not None), torch.device("cpu"))
     values = []
@@ -57,7 +59,10 @@ def tensor_dots(left: Sequence[torch.Tensor | None], right: Sequence[torch.Tenso
 
 
 def streamed_dots(
-    risk: torch.Tensor, params: Sequence[torch.Tensor], right: Sequence[torch.Tensor | None], dtype: torch.dtype = torch.float64,
+    risk: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    right: Sequence[torch.Tensor | None],
+    dtype: torch.dtype = torch.float64,
     retain_graph: bool = True,
 ) -> torch.Tensor:
     """`tensor_dots(grad risk, right)` without ever holding the whole gradient: each parameter's gradient is
@@ -130,7 +135,11 @@ REDUCE_MODES = ("none", "data_parallel", "sharded")
 
 
 def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    )
 
 
 def reduce_partials(partials: torch.Tensor, mode: str, weight: float | torch.Tensor = 1.0) -> torch.Tensor:
@@ -172,6 +181,10 @@ def detect_reduce_mode(model: torch.nn.Module) -> str:
     if not _distributed():
         return "none"
     for p in model.parameters():
-        if type(p).__name__ in ("DTensor", "FlatParameter") or hasattr(p, "ds_id") or getattr(p, "_is_flat_param", False):
+        if (
+            type(p).__name__ in ("DTensor", "FlatParameter")
+            or hasattr(p, "ds_id")
+            or getattr(p, "_is_flat_param", False)
+        ):
             return "sharded"
     return "data_parallel"

@@ -133,9 +133,11 @@ def ghost_effect(
             result = recorder.backward(risk, G, batch_size=len(ids), with_grads=keep_gradient)
             recorder.release_after(mark)
             if keep_gradient:
-                gradient = result.grads if gradient is None else [
-                    a if b is None else b if a is None else a + b for a, b in zip(gradient, result.grads)
-                ]
+                gradient = (
+                    result.grads
+                    if gradient is None
+                    else [a if b is None else b if a is None else a + b for a, b in zip(gradient, result.grads)]
+                )
             per_tensor += result.per_tensor
             risk_sum += float(risk.detach())
             batch_items, batch_counts, batch_tokens = item_effects(model, layout, batch, G, n_total, result, tokens)
@@ -148,13 +150,25 @@ def ghost_effect(
         if own_recorder:
             recorder.remove()
     return SetEffect(
-        per_tensor=per_tensor.cpu(), layout=layout, risk=risk_sum, n_tokens=n_total,
-        items=items, tokens=token_map if tokens else None, item_tokens=item_tokens, gradient=gradient,
+        per_tensor=per_tensor.cpu(),
+        layout=layout,
+        risk=risk_sum,
+        n_tokens=n_total,
+        items=items,
+        tokens=token_map if tokens else None,
+        item_tokens=item_tokens,
+        gradient=gradient,
     )
 
 
 def item_effects(
-    model: nn.Module, layout: ParameterLayout, batch: Batch, G: list, n_total: int, result: GhostPass, tokens: bool = False
+    model: nn.Module,
+    layout: ParameterLayout,
+    batch: Batch,
+    G: list,
+    n_total: int,
+    result: GhostPass,
+    tokens: bool = False,
 ) -> tuple[dict[int, float], dict[int, int], dict[int, list[float]] | None]:
     """One batch's per-item contributions from its ghost pass, keyed by item id: (c_i, the item's number of
     loss tokens, and with `tokens` its per-token contributions c_{i,t} from a forward-mode pass)."""
@@ -165,7 +179,9 @@ def item_effects(
     return dict(zip(ids, values)), dict(zip(ids, counts)), token_map
 
 
-def item_contributions(model: nn.Module, layout: ParameterLayout, batch: Batch, G: list, n_total: int, result: GhostPass) -> torch.Tensor:
+def item_contributions(
+    model: nn.Module, layout: ParameterLayout, batch: Batch, G: list, n_total: int, result: GhostPass
+) -> torch.Tensor:
     """Per-item totals [B] float64 from a ghost pass; tensors it could not itemise go through forward mode."""
     if not result.unitemised_tensors:
         return result.items

@@ -51,7 +51,9 @@ class GradientEma:
                     self.values[i].mul_(self.decay).add_(g.detach().to(self.dtype), alpha=1.0 - self.decay)
         self.updates += 1
 
-    def dots(self, other: "GradientEma | Sequence[torch.Tensor | None]", dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    def dots(
+        self, other: "GradientEma | Sequence[torch.Tensor | None]", dtype: torch.dtype = torch.float64
+    ) -> torch.Tensor:
         right = other.values if isinstance(other, GradientEma) else other
         if self.values is None or right is None:
             raise RuntimeError("the moving average has no value yet; call update() first")
@@ -67,8 +69,13 @@ class Estimator:
     needs_forget_set = False  # the whole forget set, beside the retain probe
     restarts_on_resume = ""  # non-empty: what a resumed run loses (the estimator's state is not checkpointed)
 
-    def __init__(self, tools: Tools, probe: list[Batch], forget: list[Batch] | None = None,
-                 coefficients: tuple[float | None, float | None] | None = None):
+    def __init__(
+        self,
+        tools: Tools,
+        probe: list[Batch],
+        forget: list[Batch] | None = None,
+        coefficients: tuple[float | None, float | None] | None = None,
+    ):
         self.tools = tools
         self.probe = probe
         self.forget = forget
@@ -106,7 +113,9 @@ class BatchEstimator(Estimator):
         if not tools.config.instances:
             return measure_sides(StepMeasurement(tools, G, linear), sides), self.with_weights(step, extra)
         forward = forget_forward(tools.recorder, sides["u"].batch, sides["r"].batch) if tools.config.scatter else None
-        effects = measure_sides(StepMeasurement(tools, G, linear, itemise=True, want_gradient=forward is not None), sides)
+        effects = measure_sides(
+            StepMeasurement(tools, G, linear, itemise=True, want_gradient=forward is not None), sides
+        )
         if forward is not None:
             items = objective_items(tools.recorder, forward, sides["u"].batch, effects, G, linear)
             if items is not None:
@@ -116,9 +125,7 @@ class BatchEstimator(Estimator):
 
 class EmaEstimator(Estimator):
     name = "ema"
-    restarts_on_resume = (
-        "the EMA estimator's smoothed gradients are not checkpointed: after --resume the 'ema' values restart from the resumed step"
-    )
+    restarts_on_resume = "the EMA estimator's smoothed gradients are not checkpointed: after --resume the 'ema' values restart from the resumed step"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -82,7 +82,9 @@ Applies = Callable[[nn.Module, set], bool]
 TANGENT_RULES: dict[type, tuple[TangentRule, Applies]] = {}
 
 
-def register_tangent_rule(*module_types: type, applies: Applies = lambda module, own: True) -> Callable[[TangentRule], TangentRule]:
+def register_tangent_rule(
+    *module_types: type, applies: Applies = lambda module, own: True
+) -> Callable[[TangentRule], TangentRule]:
     """Decorator: `rule` gives the per-item tangent terms of modules of `module_types` (and their subclasses)
     whenever `applies(module, names of its own tracked parameters)`; otherwise the fallback runs."""
 
@@ -149,7 +151,9 @@ def _embedding_terms(module: nn.Embedding, args: tuple, kwargs: dict, delta: tor
 
 
 # nn.LayerNorm itself only: a subclass may change the forward, so it takes the fallback.
-@register_tangent_rule(nn.LayerNorm, applies=lambda module, own: type(module) is nn.LayerNorm and own <= {"weight", "bias"})
+@register_tangent_rule(
+    nn.LayerNorm, applies=lambda module, own: type(module) is nn.LayerNorm and own <= {"weight", "bias"}
+)
 def _layer_norm_terms(module: nn.LayerNorm, args: tuple, kwargs: dict, delta: torch.Tensor, G: dict) -> dict:
     x = _first_input(args, kwargs, "input")
     dt = _work_dtype(delta.dtype)
@@ -163,7 +167,9 @@ def _layer_norm_terms(module: nn.LayerNorm, args: tuple, kwargs: dict, delta: to
     return out
 
 
-def _tangent_by_jvp(module: nn.Module, name: str, tangent: torch.Tensor, args: tuple, kwargs: dict, output_index: int) -> torch.Tensor:
+def _tangent_by_jvp(
+    module: nn.Module, name: str, tangent: torch.Tensor, args: tuple, kwargs: dict, output_index: int
+) -> torch.Tensor:
     own = dict(module.named_parameters(recurse=False))
 
     def call(value):
@@ -172,7 +178,9 @@ def _tangent_by_jvp(module: nn.Module, name: str, tangent: torch.Tensor, args: t
     return torch.func.jvp(call, (own[name].detach(),), (tangent.to(own[name].dtype),))[1]
 
 
-def _tangent_if_affine(module: nn.Module, name: str, tangent: torch.Tensor, args: tuple, kwargs: dict, output_index: int) -> torch.Tensor:
+def _tangent_if_affine(
+    module: nn.Module, name: str, tangent: torch.Tensor, args: tuple, kwargs: dict, output_index: int
+) -> torch.Tensor:
     """f(p = G) - f(p = 0): the exact tangent when the module's output is affine in the parameter p (norm
     scales and shifts: y = w * n(x) + b, or Gemma's (1 + w) * n(x)). Two plain forwards with the parameter's
     data swapped, several times cheaper than `functional_call` + `jvp`."""
@@ -264,7 +272,11 @@ class GhostRecorder:
         # module -> {own tracked parameter name: layout index}, looked up once: the hooks run per module per pass
         self._own: dict[nn.Module, dict[str, int]] = {}
         for module in model.modules():
-            own = {n: layout.index_of(p) for n, p in module.named_parameters(recurse=False) if layout.index_of(p) is not None}
+            own = {
+                n: layout.index_of(p)
+                for n, p in module.named_parameters(recurse=False)
+                if layout.index_of(p) is not None
+            }
             if not own:
                 continue
             self._own[module] = own
@@ -354,8 +366,12 @@ class GhostRecorder:
         inputs = _tensors_in(args, kwargs)
         replaced = None
         if (
-            isinstance(output, torch.Tensor) and output.requires_grad and output.dim() > 0 and output.shape[0] == 1
-            and (self._batch_size or 1) > 1 and not any(t.requires_grad for t in inputs)
+            isinstance(output, torch.Tensor)
+            and output.requires_grad
+            and output.dim() > 0
+            and output.shape[0] == 1
+            and (self._batch_size or 1) > 1
+            and not any(t.requires_grad for t in inputs)
         ):
             # A table shared by the whole batch (GPT-2's position embeddings, [1, T, d]) is broadcast later, which
             # would sum the items' output gradients. Expanding it here (same values, no copy) keeps them apart.
@@ -387,7 +403,9 @@ class GhostRecorder:
         with torch.no_grad():
             self._add_terms(capture, output_index, delta, result, G, batch_size)
 
-    def _add_terms(self, capture: _Capture, k: int, delta: torch.Tensor, result: GhostPass, G: list, batch_size: int) -> None:
+    def _add_terms(
+        self, capture: _Capture, k: int, delta: torch.Tensor, result: GhostPass, G: list, batch_size: int
+    ) -> None:
         for t, version in capture.versions:
             if t._version != version:
                 raise RuntimeError(
@@ -420,8 +438,10 @@ class GhostRecorder:
     def forwards_of(self, inputs: torch.Tensor) -> list[int]:
         """Ids of the recorded forwards whose model input equals `inputs` (the same ids, the same shape)."""
         return [
-            k for k, seen in self._forward_inputs.items()
-            if seen is inputs or (seen.shape == inputs.shape and seen.device == inputs.device and torch.equal(seen, inputs))
+            k
+            for k, seen in self._forward_inputs.items()
+            if seen is inputs
+            or (seen.shape == inputs.shape and seen.device == inputs.device and torch.equal(seen, inputs))
         ]
 
     def replay(self, forward_id: int, G: list[torch.Tensor | None], batch_size: int, scale: float) -> GhostPass | None:
@@ -452,7 +472,9 @@ class GhostRecorder:
         result.unitemised.mul_(scale)
         return result
 
-    def _generic_terms(self, module: nn.Module, args: tuple, kwargs: dict, delta: torch.Tensor, G: dict, output_index: int) -> dict:
+    def _generic_terms(
+        self, module: nn.Module, args: tuple, kwargs: dict, delta: torch.Tensor, G: dict, output_index: int
+    ) -> dict:
         """Per-item terms of any other module from its tangent output along each own parameter. The first
         time a (module class, parameter) pair is seen, the affine shortcut is checked against forward-mode
         autograd on the real inputs; it is used from then on only if the two agree."""
@@ -475,7 +497,12 @@ class GhostRecorder:
 
     # -- the ghost backward ------------------------------------------------------------------------------
     def backward(
-        self, risk: torch.Tensor, G: list[torch.Tensor | None], batch_size: int, retain_graph: bool = False, with_grads: bool = False
+        self,
+        risk: torch.Tensor,
+        G: list[torch.Tensor | None],
+        batch_size: int,
+        retain_graph: bool = False,
+        with_grads: bool = False,
     ) -> GhostPass:
         """Per-tensor, per-item contributions grad(risk_i) . G for the recorded forward(s) behind `risk`.
 
@@ -507,7 +534,7 @@ class GhostRecorder:
         finally:
             self._pass = None
             self._recording = was_recording
-        by_tensor = dict(zip(wanted, grads[len(sources):]))
+        by_tensor = dict(zip(wanted, grads[len(sources) :]))
         for i in extra:
             if by_tensor[i] is not None:
                 result.unitemised[i] += tensor_dot(by_tensor[i], G[i])

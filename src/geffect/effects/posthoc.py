@@ -95,7 +95,9 @@ def expand_checkpoints(paths: Sequence[str | Path]) -> list[Checkpoint]:
         elif (path / TRAINER_STATE).exists():
             run_dir = path.parent.parent
             if not run_document(run_dir):
-                raise UsageError(f"checkpoint {path} is not inside its run folder (no {RunFolder(run_dir).config_path}); its model architecture is unknown")
+                raise UsageError(
+                    f"checkpoint {path} is not inside its run folder (no {RunFolder(run_dir).config_path}); its model architecture is unknown"
+                )
             step = json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))["step"]
             result.append(Checkpoint(path, int(step), run_dir, state=True))
         elif (path / "config.json").exists():
@@ -205,7 +207,9 @@ def _chunks(indices: np.ndarray, size: int) -> list[np.ndarray]:
     return [indices[i : i + size] for i in range(0, len(indices), size)]
 
 
-def build_sets(tokenizer, template, options: EffectOptions, objective: Objective, seed: int, max_length: int, device) -> EffectSets:
+def build_sets(
+    tokenizer, template, options: EffectOptions, objective: Objective, seed: int, max_length: int, device
+) -> EffectSets:
     from geffect.data.collate import collate, pad_token_id
     from geffect.data.refusals import refusal_for
     from geffect.data.tofu import RETAIN_FOR_FORGET, load_split
@@ -216,7 +220,11 @@ def build_sets(tokenizer, template, options: EffectOptions, objective: Objective
     encode = dict(tokenizer=tokenizer, template=template, max_length=max_length)
     forget = encode_records(records=forget_records, **encode)
     retain = encode_records(records=retain_records, **encode)
-    idk = encode_records(records=forget_records, answer_for=lambda i, _: refusal_for(i, seed), **encode) if objective.needs_idk else None
+    idk = (
+        encode_records(records=forget_records, answer_for=lambda i, _: refusal_for(i, seed), **encode)
+        if objective.needs_idk
+        else None
+    )
     pad = pad_token_id(tokenizer)
     builder = BatchBuilder(forget, retain, pad, device, idk)
 
@@ -229,12 +237,18 @@ def build_sets(tokenizer, template, options: EffectOptions, objective: Objective
     pairs = rng.integers(0, len(retain), size=len(forget))
     order = np.arange(len(forget))
     objective_batches = [
-        (builder.build(MicroBatch(chunk, pairs[chunk])), len(chunk) / len(forget)) for chunk in _chunks(order, options.batch_size)
+        (builder.build(MicroBatch(chunk, pairs[chunk])), len(chunk) / len(forget))
+        for chunk in _chunks(order, options.batch_size)
     ]
     # The retain probe: the tracker's rule (torch.randperm with the seed, first N, in split order).
-    chosen = torch.randperm(len(retain), generator=torch.Generator().manual_seed(seed))[: options.probe_size].sort().values.numpy()
+    chosen = (
+        torch.randperm(len(retain), generator=torch.Generator().manual_seed(seed))[: options.probe_size]
+        .sort()
+        .values.numpy()
+    )
     probe = [
-        {k: v.to(device) for k, v in collate([retain[i] for i in chunk.tolist()], pad).items()} for chunk in _chunks(chosen, options.batch_size)
+        {k: v.to(device) for k, v in collate([retain[i] for i in chunk.tolist()], pad).items()}
+        for chunk in _chunks(chosen, options.batch_size)
     ]
     return EffectSets(objective_batches, [b.forget for b, _ in objective_batches], probe, "full")
 
@@ -244,10 +258,14 @@ def build_sets(tokenizer, template, options: EffectOptions, objective: Objective
 
 def objective_loss(objective: Objective, sets: EffectSets, ref_model: nn.Module | None):
     """loss_fn(model) -> sum_b w_b L_u(b): the objective over the sets' batches as one scalar (one graph)."""
-    return lambda model: sum(weight * objective(model, batch, ref_model).loss for batch, weight in sets.objective_batches)
+    return lambda model: sum(
+        weight * objective(model, batch, ref_model).loss for batch, weight in sets.objective_batches
+    )
 
 
-def objective_gradient(model: nn.Module, layout, objective: Objective, sets: EffectSets, ref_model) -> tuple[list, dict]:
+def objective_gradient(
+    model: nn.Module, layout, objective: Objective, sets: EffectSets, ref_model
+) -> tuple[list, dict]:
     """G = sum_b w_b grad L_u(b), accumulated in p.grad one batch at a time; also the objective's weights."""
     model.zero_grad(set_to_none=True)
     weights: dict[str, dict] = {}
@@ -262,15 +280,23 @@ def objective_gradient(model: nn.Module, layout, objective: Objective, sets: Eff
     return param_grads(layout), weights
 
 
-def measure(model: nn.Module, objective: Objective, sets: EffectSets, ref_model, instances: bool = False, tokens: bool = False) -> tuple[dict[str, SetEffect], dict]:
+def measure(
+    model: nn.Module, objective: Objective, sets: EffectSets, ref_model, instances: bool = False, tokens: bool = False
+) -> tuple[dict[str, SetEffect], dict]:
     """{"u": e on the forget data, "r": e on the retain data} for G = grad L_u (see EffectSets); and weights."""
     layout = discover_layout(model)
     G, weights = objective_gradient(model, layout, objective, sets, ref_model)
     try:
         if instances or tokens:
-            effects = {side: ghost_effect(model, layout, batches, G, tokens=tokens) for side, batches in (("u", sets.forget), ("r", sets.retain))}
+            effects = {
+                side: ghost_effect(model, layout, batches, G, tokens=tokens)
+                for side, batches in (("u", sets.forget), ("r", sets.retain))
+            }
         else:
-            effects = {side: gradient_effect(model, layout, batches, G) for side, batches in (("u", sets.forget), ("r", sets.retain))}
+            effects = {
+                side: gradient_effect(model, layout, batches, G)
+                for side, batches in (("u", sets.forget), ("r", sets.retain))
+            }
     finally:
         model.zero_grad(set_to_none=True)
     return effects, weights
@@ -304,7 +330,9 @@ class PosthocPlan:
     device: torch.device = field(default_factory=lambda: torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def plan_posthoc(checkpoints: list[Checkpoint], objective: Objective, options: EffectOptions, reference: str | None = None) -> PosthocPlan:
+def plan_posthoc(
+    checkpoints: list[Checkpoint], objective: Objective, options: EffectOptions, reference: str | None = None
+) -> PosthocPlan:
     """Resolve template, seed, length and the reference model: --reference, else the run's starting model
     (the pi_ref its training used), else the first checkpoint."""
     from geffect.data.templates import get_template, template_for_model
@@ -363,7 +391,14 @@ def posthoc_effects(plan: PosthocPlan, progress: bool = True) -> Iterator[dict]:
         objective.setup(model, torch.Generator().manual_seed(plan.seed))  # RMU's u: the run's, from its seed
         effects, weights = measure(model, objective, sets, ref_model, options.instances, options.tokens)
         step = checkpoint.step if checkpoint.step is not None else position
-        record = effect_record(step, _next_lr(checkpoint.run_dir, checkpoint.step), sets.estimator, effects, options.tensors, weights=weights)
+        record = effect_record(
+            step,
+            _next_lr(checkpoint.run_dir, checkpoint.step),
+            sets.estimator,
+            effects,
+            options.tensors,
+            weights=weights,
+        )
         record.update(checkpoint=str(checkpoint.path), method=objective.name, seconds=time.perf_counter() - started)
         bar.set_postfix(e_u=f"{record['e_u']['total']:.3g}", e_r=f"{record['e_r']['total']:.3g}", refresh=False)
         del model
@@ -373,6 +408,10 @@ def posthoc_effects(plan: PosthocPlan, progress: bool = True) -> Iterator[dict]:
 # -- the first-order check -----------------------------------------------------------------------------------
 
 
-def validate_model(model: nn.Module, objective: Objective, sets: EffectSets, ref_model: nn.Module | None, eta: float) -> dict[str, FirstOrderResult]:
+def validate_model(
+    model: nn.Module, objective: Objective, sets: EffectSets, ref_model: nn.Module | None, eta: float
+) -> dict[str, FirstOrderResult]:
     """first_order_check of grad L_u (over the sets' objective batches) on the forget and the retain data."""
-    return first_order_check(model, objective_loss(objective, sets, ref_model), {"forget": sets.forget, "retain": sets.retain}, eta)
+    return first_order_check(
+        model, objective_loss(objective, sets, ref_model), {"forget": sets.forget, "retain": sets.retain}, eta
+    )

@@ -9,7 +9,9 @@ from geffect.errors import UsageError
 from geffect.tokens import Batch
 
 
-def default_sets(run, config: TrackerConfig, probe: bool, forget: bool) -> tuple[list[Batch] | None, list[Batch] | None]:
+def default_sets(
+    run, config: TrackerConfig, probe: bool, forget: bool
+) -> tuple[list[Batch] | None, list[Batch] | None]:
     """(retain probe, forget set), each only when asked for, encoded like the training items (`run.template`,
     `run.options.max_length`). The probe: `probe_size` items of the retain split drawn with the run's seed
     (`torch.randperm`, first N, in split order), in batches of `probe_batch_size`."""

@@ -20,9 +20,17 @@ SIDES = ("u", "r")
 
 
 def effect_record(
-    step: int | None, lr: float | None, estimator: str, effects: Mapping[str, SetEffect], tensors: bool = False, *,
-    predicted: Mapping[str, float] | None = None, ema: Mapping[str, Breakdown] | None = None, weights: dict | None = None,
-    objective_items: dict | None = None, seconds: float | None = None,
+    step: int | None,
+    lr: float | None,
+    estimator: str,
+    effects: Mapping[str, SetEffect],
+    tensors: bool = False,
+    *,
+    predicted: Mapping[str, float] | None = None,
+    ema: Mapping[str, Breakdown] | None = None,
+    weights: dict | None = None,
+    objective_items: dict | None = None,
+    seconds: float | None = None,
 ) -> dict:
     """One line in the schema of RUN/geffect.jsonl: the keys in the documented order, optional ones only when
     given (`predicted`, `ema`: per side, keyed "u" / "r" and "e_u" / "e_r"; empty `weights` are left out)."""
@@ -73,7 +81,9 @@ def layout_record(layout: ParameterLayout, settings: dict) -> dict:
     """RUN/geffect_layout.json: the parameter layout of the records and the tracker's settings."""
     return {
         **layout.describe(),
-        "tensors": [{"name": t.name, "shape": list(t.shape), "layer": t.layer, "group": t.group} for t in layout.tensors],
+        "tensors": [
+            {"name": t.name, "shape": list(t.shape), "layer": t.layer, "group": t.group} for t in layout.tensors
+        ],
         "tracker": settings,
     }
 

@@ -24,7 +24,9 @@ def reduce_effect(effect: SetEffect, mode: str, device: torch.device | None = No
     """One side's G-effect over all processes (the per-tensor vector reduced on `device`)."""
     if mode == "none":
         return effect
-    vector = reduce_partials(effect.per_tensor.to(device or effect.per_tensor.device), mode, weight=float(effect.n_tokens)).cpu()
+    vector = reduce_partials(
+        effect.per_tensor.to(device or effect.per_tensor.device), mode, weight=float(effect.n_tokens)
+    ).cpu()
     items, tokens, n_total = effect.items, effect.tokens, effect.n_tokens
     if mode == "data_parallel":
         # Each rank measured its own items against its own token count: rescale to the union's count.
@@ -33,7 +35,9 @@ def reduce_effect(effect: SetEffect, mode: str, device: torch.device | None = No
         n_total = sum(g[0] for g in gathered)
         risk = sum(g[0] * g[1] for g in gathered) / max(n_total, 1)
         items = None if items is None else {k: v * g[0] / n_total for g in gathered for k, v in g[2].items()}
-        tokens = None if tokens is None else {k: [x * g[0] / n_total for x in v] for g in gathered for k, v in g[3].items()}
+        tokens = (
+            None if tokens is None else {k: [x * g[0] / n_total for x in v] for g in gathered for k, v in g[3].items()}
+        )
         return SetEffect(vector, effect.layout, risk, n_total, items, tokens, effect.item_tokens)
     return SetEffect(vector, effect.layout, effect.risk, n_total, items, tokens, effect.item_tokens)
 
@@ -44,5 +48,7 @@ def reduce_step(
     """A measured step's effects (side "u", then "r") and EMA values ("e_u", "e_r") over all processes."""
     reduced = {side: reduce_effect(effects[side], mode, device) for side in ("u", "r")}
     if ema is not None and mode == "sharded":
-        ema = {k: Breakdown(reduce_partials(v.per_tensor.to(device), "sharded").cpu(), v.layout) for k, v in ema.items()}
+        ema = {
+            k: Breakdown(reduce_partials(v.per_tensor.to(device), "sharded").cpu(), v.layout) for k, v in ema.items()
+        }
     return reduced, ema

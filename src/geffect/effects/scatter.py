@@ -32,7 +32,11 @@ def forget_forward(recorder: GhostRecorder | None, forget_batch: Batch, retain_b
 
 
 def objective_items(
-    recorder: GhostRecorder, forward: int, batch: Batch, effects: dict[str, SetEffect], G: list[torch.Tensor | None],
+    recorder: GhostRecorder,
+    forward: int,
+    batch: Batch,
+    effects: dict[str, SetEffect],
+    G: list[torch.Tensor | None],
     linear: tuple[float, float] | None,
 ) -> dict | None:
     """{forget item id: {"e_u": grad R_u . G_i, "e_r": grad R_r . G_i}}, or None when a replay fails; the

@@ -133,7 +133,15 @@ def measure_set(tools: Tools, batches: Sequence[Batch], G) -> SetEffect:
     model, n = tools.model, total_tokens(batches)
     with tools.budget.counting():
         if tools.config.instances:
-            return ghost_effect(model, tools.layout, tools.budget.split(batches), G, n_total=n, tokens=tools.config.tokens, recorder=tools.recorder)
+            return ghost_effect(
+                model,
+                tools.layout,
+                tools.budget.split(batches),
+                G,
+                n_total=n,
+                tokens=tools.config.tokens,
+                recorder=tools.recorder,
+            )
         return gradient_effect(model, tools.layout, tools.budget.split(batches), G, n_total=n, stream=tools.streamable)
 
 
@@ -176,8 +184,11 @@ def from_ghost_backward(m: StepMeasurement, side: Side) -> SetEffect:
     """A ghost backward of the side's risk over the step's graph (its forward was recorded)."""
     risk = side.risk
     result = m.tools.recorder.backward(
-        risk.float() if risk.dtype != torch.float64 else risk, m.G, batch_size=side.batch["labels"].shape[0],
-        retain_graph=True, with_grads=m.want_gradient,
+        risk.float() if risk.dtype != torch.float64 else risk,
+        m.G,
+        batch_size=side.batch["labels"].shape[0],
+        retain_graph=True,
+        with_grads=m.want_gradient,
     )
     effect = ghost_side(m, side, result)
     effect.gradient = result.grads
@@ -189,8 +200,14 @@ def from_ghost_forward(m: StepMeasurement, side: Side) -> SetEffect:
     tools = m.tools
     with tools.budget.counting():
         return ghost_effect(
-            tools.model, tools.layout, tools.budget.micro_batches(side.batch), m.G, n_total=count_tokens(side.batch["labels"]),
-            tokens=tools.config.tokens, recorder=tools.recorder, keep_gradient=m.want_gradient,
+            tools.model,
+            tools.layout,
+            tools.budget.micro_batches(side.batch),
+            m.G,
+            n_total=count_tokens(side.batch["labels"]),
+            tokens=tools.config.tokens,
+            recorder=tools.recorder,
+            keep_gradient=m.want_gradient,
         )
 
 
@@ -215,7 +232,9 @@ def _risk_gradient_effect(m: StepMeasurement, side: Side, dots_of: Callable[[tor
 
 
 def from_streamed_dots(m: StepMeasurement, side: Side) -> SetEffect:
-    return _risk_gradient_effect(m, side, lambda risk: streamed_dots(risk, m.tools.layout.params, m.G))  # never more than one tensor's gradient
+    return _risk_gradient_effect(
+        m, side, lambda risk: streamed_dots(risk, m.tools.layout.params, m.G)
+    )  # never more than one tensor's gradient
 
 
 def from_autograd(m: StepMeasurement, side: Side) -> SetEffect:
@@ -248,7 +267,11 @@ def plan_sides(m: StepMeasurement, sides: dict[str, Side]) -> list[tuple[Side, t
 
 def _ghost_ways(m: StepMeasurement, side: Side, replay: bool) -> tuple[SideWay, ...]:
     recorder = m.tools.recorder
-    ghost = from_ghost_forward if side.risk is None or recorder is None or not recorder.has_captures else from_ghost_backward
+    ghost = (
+        from_ghost_forward
+        if side.risk is None or recorder is None or not recorder.has_captures
+        else from_ghost_backward
+    )
     if replay and m.linear is not None and side.risk is not None:
         return from_replay, ghost
     return (ghost,)

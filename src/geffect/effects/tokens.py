@@ -81,16 +81,28 @@ def math_attention():
         yield
 
 
-def _tangent_map(layout: ParameterLayout, G: list[torch.Tensor | None], only: set[int] | None) -> dict[int, torch.Tensor]:
+def _tangent_map(
+    layout: ParameterLayout, G: list[torch.Tensor | None], only: set[int] | None
+) -> dict[int, torch.Tensor]:
     return {i: g for i, g in enumerate(G) if g is not None and (only is None or i in only)}
 
 
-def token_effects_forward(model: nn.Module, layout: ParameterLayout, batch: dict, G: list[torch.Tensor | None], n_total: int | None = None, only: set[int] | None = None) -> torch.Tensor:
+def token_effects_forward(
+    model: nn.Module,
+    layout: ParameterLayout,
+    batch: dict,
+    G: list[torch.Tensor | None],
+    n_total: int | None = None,
+    only: set[int] | None = None,
+) -> torch.Tensor:
     """c_{i,t} [B, T] float64 (aligned with labels) by one forward-mode pass; `only` restricts G to some tensors."""
     tangents = _tangent_map(layout, G, only)
     n = n_total or max(count_tokens(batch["labels"]), 1)
     with torch.no_grad(), math_attention(), fwAD.dual_level():
-        params = {layout.names[i]: fwAD.make_dual(layout.params[i].detach(), g.to(layout.params[i].dtype)) for i, g in tangents.items()}
+        params = {
+            layout.names[i]: fwAD.make_dual(layout.params[i].detach(), g.to(layout.params[i].dtype))
+            for i, g in tangents.items()
+        }
         logits = torch.func.functional_call(model, params, (), model_inputs(batch)).logits
         ce = token_nll(logits, batch["labels"])
         tangent = fwAD.unpack_dual(ce).tangent
@@ -99,7 +111,14 @@ def token_effects_forward(model: nn.Module, layout: ParameterLayout, batch: dict
     return tangent.to(torch.float64) / n
 
 
-def token_effects_double_backward(model: nn.Module, layout: ParameterLayout, batch: dict, G: list[torch.Tensor | None], n_total: int | None = None, only: set[int] | None = None) -> torch.Tensor:
+def token_effects_double_backward(
+    model: nn.Module,
+    layout: ParameterLayout,
+    batch: dict,
+    G: list[torch.Tensor | None],
+    n_total: int | None = None,
+    only: set[int] | None = None,
+) -> torch.Tensor:
     """Same numbers as `token_effects_forward` with reverse mode only (costlier; for ops without forward AD)."""
     tangents = _tangent_map(layout, G, only)
     n = n_total or max(count_tokens(batch["labels"]), 1)
@@ -107,7 +126,9 @@ def token_effects_double_backward(model: nn.Module, layout: ParameterLayout, bat
     with torch.enable_grad(), math_attention():
         _, ce, _ = risk_terms(model, batch)
         v = torch.zeros_like(ce, requires_grad=True)
-        grads = torch.autograd.grad((ce * v).sum(), [layout.params[i] for i in indices], create_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(
+            (ce * v).sum(), [layout.params[i] for i in indices], create_graph=True, allow_unused=True
+        )
         s = sum((g * tangents[i].to(g.dtype)).sum() for i, g in zip(indices, grads) if g is not None)
         if not isinstance(s, torch.Tensor) or not s.requires_grad:
             return torch.zeros(ce.shape, dtype=torch.float64, device=ce.device)
@@ -115,12 +136,26 @@ def token_effects_double_backward(model: nn.Module, layout: ParameterLayout, bat
     return out.detach().to(torch.float64) / n
 
 
-def token_effects(model: nn.Module, layout: ParameterLayout, batch: dict, G: list[torch.Tensor | None], n_total: int | None = None, only: set[int] | None = None) -> torch.Tensor:
+def token_effects(
+    model: nn.Module,
+    layout: ParameterLayout,
+    batch: dict,
+    G: list[torch.Tensor | None],
+    n_total: int | None = None,
+    only: set[int] | None = None,
+) -> torch.Tensor:
     """Per-loss-token contributions; forward mode, falling back to double backward where unsupported."""
     try:
         return token_effects_forward(model, layout, batch, G, n_total, only)
     except (NotImplementedError, RuntimeError) as err:
-        if "forward AD" not in str(err) and "forward-mode" not in str(err) and "not implemented" not in str(err).lower():
+        if (
+            "forward AD" not in str(err)
+            and "forward-mode" not in str(err)
+            and "not implemented" not in str(err).lower()
+        ):
             raise
-        log.warning("forward-mode AD unsupported by this model (%s); using double backward for token G-effects", str(err).splitlines()[0])
+        log.warning(
+            "forward-mode AD unsupported by this model (%s); using double backward for token G-effects",
+            str(err).splitlines()[0],
+        )
         return token_effects_double_backward(model, layout, batch, G, n_total, only)

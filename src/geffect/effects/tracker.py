@@ -55,7 +55,12 @@ class GEffectTracker:
     retain_graph = True
     settings_name = "geffect_tracking"  # the section of config.yaml holding settings(), checked on resume
 
-    def __init__(self, config: TrackerConfig = TrackerConfig(), forget_batches: Sequence[Batch] | None = None, probe_batches: Sequence[Batch] | None = None):
+    def __init__(
+        self,
+        config: TrackerConfig = TrackerConfig(),
+        forget_batches: Sequence[Batch] | None = None,
+        probe_batches: Sequence[Batch] | None = None,
+    ):
         config.validate()
         self.config = config
         self.estimator_type: type[Estimator] = ESTIMATOR_TYPES[config.estimator]
@@ -73,8 +78,13 @@ class GEffectTracker:
 
     def settings(self) -> dict:
         """The options as `geffect unlearn` spells them (`geffect_every`, ...), so a run can be rerun as it was."""
-        return {"track_geffect": True, **{flag_of(TrackerConfig, f)[2:].replace("-", "_"): getattr(self.config, f.name)
-                                          for f in fields(TrackerConfig)}}  # fmt: skip
+        return {
+            "track_geffect": True,
+            **{
+                flag_of(TrackerConfig, f)[2:].replace("-", "_"): getattr(self.config, f.name)
+                for f in fields(TrackerConfig)
+            },
+        }
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def on_train_begin(self, run) -> None:
@@ -111,7 +121,9 @@ class GEffectTracker:
             self._handles.append(model.register_forward_pre_hook(self._before_forward))
             self._arm(run.start_step + 1)
         objective_config = getattr(getattr(run, "objective", None), "config", None)
-        coefficients = (getattr(objective_config, "gamma", None), getattr(objective_config, "alpha", None)) if linear_ok else None
+        coefficients = (
+            (getattr(objective_config, "gamma", None), getattr(objective_config, "alpha", None)) if linear_ok else None
+        )
         self.estimator = self.estimator_type(tools, self.probe_batches, self.forget_batches, coefficients)
 
     def _default_sets(self, run) -> None:
@@ -164,8 +176,16 @@ class GEffectTracker:
         effects, ema = reduce_step(effects, extra.get("ema"), self._reduce, self._device())
         self.predicted.add(effects, step.lr, self.config.every)
         record = effect_record(
-            step.step, step.lr, self.config.estimator, effects, self.config.tensors, predicted=self.predicted.values, ema=ema,
-            weights=extra.get("weights"), objective_items=extra.get("objective_items"), seconds=seconds,
+            step.step,
+            step.lr,
+            self.config.estimator,
+            effects,
+            self.config.tensors,
+            predicted=self.predicted.values,
+            ema=ema,
+            weights=extra.get("weights"),
+            objective_items=extra.get("objective_items"),
+            seconds=seconds,
         )
         if self._main:
             self.folder.append_geffect(record)

@@ -12,8 +12,9 @@ DEFAULT_BATCH_SIZE = 32
 
 @dataclass
 class EvalConfig:
-    ds_size: int | None = option(None, "score only the first N items of each set (legacy TOFU: 300); default all",
-                                 check=at_least(1), metavar="N")  # fmt: skip
+    ds_size: int | None = option(
+        None, "score only the first N items of each set (legacy TOFU: 300); default all", check=at_least(1), metavar="N"
+    )
     batch_size: int = option(DEFAULT_BATCH_SIZE, "items per forward pass and per generation batch", check=at_least(1))
     max_new_tokens: int = option(MAX_NEW_TOKENS, "greedy generation length for ROUGE", check=at_least(1))
 

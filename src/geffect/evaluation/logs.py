@@ -30,7 +30,12 @@ LEGACY_SET_FILES = {
     "eval_real_world_wo_options.json": "wf",
 }
 LEGACY_FIELDS = ("avg_gt_loss", "avg_paraphrased_loss", "average_perturb_loss", "rougeL_recall")
-LEGACY_TRUTH_RATIO = {"forget": "forget_truth_ratio", "retain": "retain_Truth_Ratio", "ra": "ra_Truth_Ratio", "wf": "wf_Truth_Ratio"}
+LEGACY_TRUTH_RATIO = {
+    "forget": "forget_truth_ratio",
+    "retain": "retain_Truth_Ratio",
+    "ra": "ra_Truth_Ratio",
+    "wf": "wf_Truth_Ratio",
+}
 # Forget-set sizes of the real TOFU splits; legacy logs scored at most the first 300 items.
 LEGACY_FORGET_SIZES = {40: "forget01", 200: "forget05", 300: "forget10", 400: "forget10"}
 LEGACY_DS_SIZE = 300
@@ -74,12 +79,16 @@ def load_eval_file(path: str | Path) -> EvalLog:
     """Read a TOFU_EVAL.json (ours or OpenUnlearning's) or a legacy eval_log_aggregated.json."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"evaluation log {path} does not exist; pass a TOFU_EVAL.json or eval_log_aggregated.json file")
+        raise UsageError(
+            f"evaluation log {path} does not exist; pass a TOFU_EVAL.json or eval_log_aggregated.json file"
+        )
     try:
         with open(path, encoding="utf-8") as handle:
             obj = json.load(handle)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UsageError(f"{path} is not a JSON file ({err}); pass a TOFU_EVAL.json or eval_log_aggregated.json file") from None
+        raise UsageError(
+            f"{path} is not a JSON file ({err}); pass a TOFU_EVAL.json or eval_log_aggregated.json file"
+        ) from None
     return eval_log_from_dict(obj, str(path))
 
 
@@ -88,7 +97,9 @@ def eval_log_from_dict(obj: Any, source: str = "<memory>") -> EvalLog:
     if isinstance(obj, EvalLog):
         return obj
     if not isinstance(obj, dict):
-        raise UsageError(f"{source} is not an evaluation log (expected a JSON object); pass a TOFU_EVAL.json or eval_log_aggregated.json file")
+        raise UsageError(
+            f"{source} is not an evaluation log (expected a JSON object); pass a TOFU_EVAL.json or eval_log_aggregated.json file"
+        )
     if any(key in obj for key in LEGACY_SET_FILES):
         return _from_legacy(obj, source)
     metric_keys = [k for k in obj if k in METRICS]
@@ -132,7 +143,9 @@ def _sizes_from_entries(entries: Mapping[str, Entry]) -> dict[str, int]:
 def _from_legacy(obj: dict, source: str) -> EvalLog:
     missing = [key for key in LEGACY_SET_FILES if key not in obj]
     if missing:
-        raise UsageError(f"legacy TOFU log {source} lacks {', '.join(missing)}; pass a complete eval_log_aggregated.json")
+        raise UsageError(
+            f"legacy TOFU log {source} lacks {', '.join(missing)}; pass a complete eval_log_aggregated.json"
+        )
     entries: dict[str, Entry] = {}
     sizes: dict[str, int] = {}
     for file_key, set_key in LEGACY_SET_FILES.items():
@@ -200,7 +213,9 @@ def check_retain_compatible(model: EvalLog, retain: EvalLog) -> None:
     """
     reference = retain.entries.get("forget_truth_ratio")
     if reference is None or "value_by_index" not in reference:
-        raise UsageError(f"retain log {retain.source} has no per-item forget truth ratios (forget_truth_ratio); pass the retain model's TOFU_EVAL.json")
+        raise UsageError(
+            f"retain log {retain.source} has no per-item forget truth ratios (forget_truth_ratio); pass the retain model's TOFU_EVAL.json"
+        )
     if model.forget_split and retain.forget_split and model.forget_split != retain.forget_split:
         raise UsageError(
             f"retain log {retain.source} is for {retain.forget_split}, but the model was evaluated on {model.forget_split}; "

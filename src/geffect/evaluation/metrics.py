@@ -142,7 +142,7 @@ def auc_forget_vs_holdout(forget_scores: Sequence[float], holdout_scores: Sequen
     if len(forget) == 0 or len(holdout) == 0:
         raise ValueError("AUC needs at least one forget and one holdout score")
     ranks = stats.rankdata(np.concatenate([forget, holdout]))
-    u = ranks[len(forget):].sum() - len(holdout) * (len(holdout) + 1) / 2
+    u = ranks[len(forget) :].sum() - len(holdout) * (len(holdout) + 1) / 2
     return float(u / (len(forget) * len(holdout)))
 
 
@@ -150,4 +150,3 @@ def privleak(auc: float, reference_auc: float) -> float:
     """OpenUnlearning's privleak: relative change of (1 - AUC) against the retain model's, in percent."""
     score, reference = 1.0 - auc, 1.0 - reference_auc
     return (score - reference) / (reference + 1e-10) * 100.0
-

@@ -150,7 +150,9 @@ def _forget_quality(entry: Entry, deps, retain) -> Entry:
         return {"agg_value": None, "ks_statistic": None}
     mine = model_tr["value_by_index"]
     theirs = reference["value_by_index"]
-    pvalue, statistic = m.forget_quality(_valid(_field(mine, "score", list(mine))), _valid(_field(theirs, "score", list(theirs))))
+    pvalue, statistic = m.forget_quality(
+        _valid(_field(mine, "score", list(mine))), _valid(_field(theirs, "score", list(theirs)))
+    )
     return {"agg_value": pvalue, "ks_statistic": statistic}
 
 
@@ -170,10 +172,24 @@ SET_NAMES = {"forget": "forget set", "retain": "retain set", "ra": "real authors
 
 for _set, _label in SET_NAMES.items():
     register(Metric(f"{_set}_Q_A_Prob", mean_of("prob"), description=f"probability of the answer, {_label}"))
-    register(Metric(f"{_set}_Q_A_ROUGE", mean_of("rougeL_recall"), description=f"ROUGE-L recall of greedy generations, {_label}"))
-    register(Metric(f"{_set}_Q_A_PERT_Prob", mean_of("prob"), description=f"probabilities of the perturbed answers, {_label}"))
+    register(
+        Metric(
+            f"{_set}_Q_A_ROUGE", mean_of("rougeL_recall"), description=f"ROUGE-L recall of greedy generations, {_label}"
+        )
+    )
+    register(
+        Metric(
+            f"{_set}_Q_A_PERT_Prob", mean_of("prob"), description=f"probabilities of the perturbed answers, {_label}"
+        )
+    )
 for _set in ("forget", "retain"):
-    register(Metric(f"{_set}_Q_A_PARA_Prob", mean_of("prob"), description=f"probability of the paraphrased answer, {SET_NAMES[_set]}"))
+    register(
+        Metric(
+            f"{_set}_Q_A_PARA_Prob",
+            mean_of("prob"),
+            description=f"probability of the paraphrased answer, {SET_NAMES[_set]}",
+        )
+    )
 
 register(
     Metric(
@@ -224,7 +240,14 @@ UTILITY_COMPONENTS = (
     "wf_Q_A_ROUGE",
     "wf_Truth_Ratio",
 )
-register(Metric("model_utility", _model_utility, needs=UTILITY_COMPONENTS, description="harmonic mean of the nine utility numbers"))
+register(
+    Metric(
+        "model_utility",
+        _model_utility,
+        needs=UTILITY_COMPONENTS,
+        description="harmonic mean of the nine utility numbers",
+    )
+)
 register(
     Metric(
         "forget_quality",

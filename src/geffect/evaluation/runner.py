@@ -14,10 +14,15 @@ from geffect.errors import UsageError
 from geffect.evaluation import metrics as m
 from geffect.evaluation.config import DEFAULT_BATCH_SIZE
 from geffect.evaluation.generation import MAX_NEW_TOKENS, generate_answers
-from geffect.evaluation.logs import EvalLog, check_retain_compatible, convention_label, eval_log_from_dict, load_eval_file
+from geffect.evaluation.logs import (
+    EvalLog,
+    check_retain_compatible,
+    convention_label,
+    eval_log_from_dict,
+    load_eval_file,
+)
 from geffect.evaluation.registry import Entry
 from geffect.evaluation.scoring import TokenStats, score_answers
-
 
 
 @dataclass(frozen=True)
@@ -34,11 +39,20 @@ class EvalSet:
 
 def eval_sets(forget_split: str) -> tuple[EvalSet, ...]:
     return (
-        EvalSet("forget", f"{forget_split}_perturbed", paraphrased=True, perturbed=True, generate=True, membership=True),
+        EvalSet(
+            "forget", f"{forget_split}_perturbed", paraphrased=True, perturbed=True, generate=True, membership=True
+        ),
         EvalSet("retain", "retain_perturbed", paraphrased=True, perturbed=True, generate=True, membership=False),
         EvalSet("ra", "real_authors_perturbed", paraphrased=False, perturbed=True, generate=True, membership=False),
         EvalSet("wf", "world_facts_perturbed", paraphrased=False, perturbed=True, generate=True, membership=False),
-        EvalSet("holdout", HOLDOUT_FOR_FORGET[forget_split], paraphrased=False, perturbed=False, generate=False, membership=True),
+        EvalSet(
+            "holdout",
+            HOLDOUT_FOR_FORGET[forget_split],
+            paraphrased=False,
+            perturbed=False,
+            generate=False,
+            membership=True,
+        ),
     )
 
 
@@ -140,8 +154,14 @@ class _Passes:
 
     def score(self, questions, answers, desc, with_distribution=False) -> list[TokenStats]:
         return score_answers(
-            self.model, self.tokenizer, self.template, questions, answers,
-            batch_size=self.batch_size, with_distribution=with_distribution, desc=desc,
+            self.model,
+            self.tokenizer,
+            self.template,
+            questions,
+            answers,
+            batch_size=self.batch_size,
+            with_distribution=with_distribution,
+            desc=desc,
         )
 
     def run_set(self, eval_set: EvalSet, items: list[dict], leaves: dict[str, Entry]) -> list[TokenStats]:
@@ -151,14 +171,21 @@ class _Passes:
         if key != "holdout":
             leaves[f"{key}_Q_A_Prob"] = _prob_entry([[s.avg_nll] for s in answer])
         if eval_set.paraphrased:
-            para = self.score(questions, [_field(item, "paraphrased_answer", key) for item in items], f"{key} paraphrased")
+            para = self.score(
+                questions, [_field(item, "paraphrased_answer", key) for item in items], f"{key} paraphrased"
+            )
             leaves[f"{key}_Q_A_PARA_Prob"] = _prob_entry([[s.avg_nll] for s in para])
         if eval_set.perturbed:
             leaves[f"{key}_Q_A_PERT_Prob"] = _prob_entry(self._perturbed(questions, items, key), as_list=True)
         if eval_set.generate:
             generations = generate_answers(
-                self.model, self.tokenizer, self.template, questions,
-                batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, desc=f"{key} generation",
+                self.model,
+                self.tokenizer,
+                self.template,
+                questions,
+                batch_size=self.batch_size,
+                max_new_tokens=self.max_new_tokens,
+                desc=f"{key} generation",
             )
             leaves[f"{key}_Q_A_ROUGE"] = _rouge_entry(questions, [item["answer"] for item in items], generations)
         return answer
@@ -193,7 +220,11 @@ def _prob_entry(losses: list[list[float]], as_list: bool = False) -> Entry:
     vbi = {}
     for index, item_losses in enumerate(losses):
         probs = m.probability(item_losses).tolist()
-        vbi[str(index)] = {"prob": probs, "avg_loss": list(item_losses)} if as_list else {"prob": probs[0], "avg_loss": item_losses[0]}
+        vbi[str(index)] = (
+            {"prob": probs, "avg_loss": list(item_losses)}
+            if as_list
+            else {"prob": probs[0], "avg_loss": item_losses[0]}
+        )
     return {"value_by_index": vbi}
 
 
@@ -214,8 +245,16 @@ def _without_eos(values):
 
 def _memorisation_entries(forget: list[TokenStats]) -> dict[str, Entry]:
     return {
-        "extraction_strength": {"value_by_index": {str(i): {"score": m.extraction_strength(_without_eos(s.correct))} for i, s in enumerate(forget)}},
-        "exact_memorization": {"value_by_index": {str(i): {"score": m.exact_memorization(_without_eos(s.correct))} for i, s in enumerate(forget)}},
+        "extraction_strength": {
+            "value_by_index": {
+                str(i): {"score": m.extraction_strength(_without_eos(s.correct))} for i, s in enumerate(forget)
+            }
+        },
+        "exact_memorization": {
+            "value_by_index": {
+                str(i): {"score": m.exact_memorization(_without_eos(s.correct))} for i, s in enumerate(forget)
+            }
+        },
     }
 
 
@@ -227,12 +266,18 @@ _ATTACKS = {
 }
 
 
-def _membership_entries(answer_stats: dict[str, list[TokenStats]], records: dict[str, list[dict]], template: Template) -> dict[str, Entry]:
+def _membership_entries(
+    answer_stats: dict[str, list[TokenStats]], records: dict[str, list[dict]], template: Template
+) -> dict[str, Entry]:
     entries = {}
     for name, score in _ATTACKS.items():
         entry = {}
         for part in ("forget", "holdout"):
             texts = [template.answer(item["answer"]) for item in records[part]]
-            entry[part] = {"value_by_index": {str(i): {"score": score(s, t)} for i, (s, t) in enumerate(zip(answer_stats[part], texts))}}
+            entry[part] = {
+                "value_by_index": {
+                    str(i): {"score": score(s, t)} for i, (s, t) in enumerate(zip(answer_stats[part], texts))
+                }
+            }
         entries[name] = entry
     return entries

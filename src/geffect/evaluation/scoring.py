@@ -14,9 +14,9 @@ import torch
 from tqdm.auto import tqdm
 
 from geffect.data.collate import collate, encode_qa, pad_token_id
-from geffect.tokens import IGNORE_INDEX
 from geffect.data.templates import Template
 from geffect.errors import UsageError
+from geffect.tokens import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,10 @@ def score_answers(
     """
     if len(questions) != len(answers):
         raise ValueError("questions and answers differ in length")
-    items = [encode_qa(tokenizer, template, q, a, index=i, max_length=max_length) for i, (q, a) in enumerate(zip(questions, answers))]
+    items = [
+        encode_qa(tokenizer, template, q, a, index=i, max_length=max_length)
+        for i, (q, a) in enumerate(zip(questions, answers))
+    ]
     order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
     pad = pad_token_id(tokenizer)
     results: list[TokenStats | None] = [None] * len(items)
@@ -99,4 +102,3 @@ def _score_batch(model, batch: dict[str, torch.Tensor], with_distribution: bool)
             )
         )
     return out
-

@@ -22,7 +22,9 @@ def recompute(evaluation: EvalLog | Mapping[str, Any], retain: EvalLog | Mapping
     return result
 
 
-def summarize(eval_dict: EvalLog | Mapping[str, Any], retain_eval: EvalLog | Mapping[str, Any] | None = None) -> dict[str, Any]:
+def summarize(
+    eval_dict: EvalLog | Mapping[str, Any], retain_eval: EvalLog | Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """One flat dict: every metric's aggregate by OpenUnlearning name, the KS statistic, and what produced them.
 
     `eval_dict` and `retain_eval` may be in any supported format (ours, OpenUnlearning's, legacy TOFU).

@@ -27,8 +27,12 @@ def check_model_source(name_or_path: str, need_tokenizer: bool = True) -> None:
         raise UsageError(f"model folder {folder} does not exist; pass a save_pretrained folder or a hub id")
     if not (folder / "config.json").exists():
         raise UsageError(f"{folder} has no config.json; pass a save_pretrained model folder")
-    if need_tokenizer and not any((folder / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-        raise UsageError(f"{folder} has no tokenizer files; save the tokenizer next to the model (tokenizer.save_pretrained)")
+    if need_tokenizer and not any(
+        (folder / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+    ):
+        raise UsageError(
+            f"{folder} has no tokenizer files; save the tokenizer next to the model (tokenizer.save_pretrained)"
+        )
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -67,6 +71,8 @@ def load_model(name_or_path: str, dtype: str | torch.dtype | None = None, trust_
     return model.eval()
 
 
-def load_model_and_tokenizer(name_or_path: str, dtype: str | torch.dtype | None = None, trust_remote_code: bool = False):
+def load_model_and_tokenizer(
+    name_or_path: str, dtype: str | torch.dtype | None = None, trust_remote_code: bool = False
+):
     tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
     return load_model(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code), tokenizer

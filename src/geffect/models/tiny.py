@@ -53,8 +53,14 @@ class TinyPreset:
 
     def model_overrides(self) -> dict:
         names = (
-            "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "max_position_embeddings", "tie_word_embeddings", "rope_theta", "initializer_range",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "max_position_embeddings",
+            "tie_word_embeddings",
+            "rope_theta",
+            "initializer_range",
         )
         return {name: getattr(self, name) for name in names}
 
@@ -156,7 +162,9 @@ def _refusal_texts() -> list[str]:
 
 def build_tiny(source: str, seed: int, preset: TinyPreset = TINY, **model_overrides):
     """Tokenizer trained on all text of the benchmark at `source`, and a fresh tiny model for it."""
-    tokenizer = train_tokenizer(benchmark_texts(source), vocab_size=preset.vocab_size, min_frequency=preset.min_frequency)
+    tokenizer = train_tokenizer(
+        benchmark_texts(source), vocab_size=preset.vocab_size, min_frequency=preset.min_frequency
+    )
     overrides = preset.model_overrides()
     overrides.update(model_overrides)
     return build_tiny_model(tokenizer, seed=seed, **overrides), tokenizer

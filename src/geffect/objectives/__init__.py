@@ -1,8 +1,8 @@
 """Unlearning objectives (DESIGN section 4): one small module per method, a registry, and the Objective API.
 
-    objective = build_objective(ObjectiveConfig(method="NPO", retain_loss="KL", hparams={"beta": 0.1}))
-    objective.setup(model, generator)          # per-run state (RMU's u)
-    out = objective(model, UnlearnBatch(forget=..., retain=...), ref_model)   # -> LossOutput
+objective = build_objective(ObjectiveConfig(method="NPO", retain_loss="KL", hparams={"beta": 0.1}))
+objective.setup(model, generator)          # per-run state (RMU's u)
+out = objective(model, UnlearnBatch(forget=..., retain=...), ref_model)   # -> LossOutput
 """
 
 from geffect.objectives.base import Batch, LossOutput, UnlearnBatch

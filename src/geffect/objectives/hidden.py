@@ -23,9 +23,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     candidates = [
         module
         for name, module in model.named_modules()
-        if isinstance(module, nn.ModuleList)
-        and len(module) > 0
-        and name.rsplit(".", 1)[-1] in _LAYER_LIST_NAMES
+        if isinstance(module, nn.ModuleList) and len(module) > 0 and name.rsplit(".", 1)[-1] in _LAYER_LIST_NAMES
     ]
     if not candidates:
         raise UsageError(

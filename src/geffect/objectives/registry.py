@@ -29,7 +29,18 @@ from geffect.objectives.wga import WGA
 from geffect.objectives.wtnpo import WTNPO
 
 METHODS: tuple[ForgetMethod, ...] = (
-    GRAD_ASCENT, GRAD_DIFF, NPO, SIMNPO, IDKPO, DPO, RMU, WGA, TNPO, WTNPO, SATIMP, UNDIAL,
+    GRAD_ASCENT,
+    GRAD_DIFF,
+    NPO,
+    SIMNPO,
+    IDKPO,
+    DPO,
+    RMU,
+    WGA,
+    TNPO,
+    WTNPO,
+    SATIMP,
+    UNDIAL,
 )
 
 
@@ -76,7 +87,7 @@ def get_retain_loss(name: str) -> RetainLoss:
 
 
 def parse_method_spec(spec: str) -> tuple[str, str | None]:
-    """"NPO+KL" -> ("NPO", "KL"); "GradDiff" -> ("GradDiff", None). The retain part is canonicalised
+    """ "NPO+KL" -> ("NPO", "KL"); "GradDiff" -> ("GradDiff", None). The retain part is canonicalised
     ("npo+gd" -> ("npo", "NLL")); both names are checked against the registry."""
     parts = [part.strip() for part in str(spec).split("+")]
     if len(parts) > 2 or not all(parts):
@@ -108,7 +119,9 @@ def objective_config(
     the spec and in `retain_loss` must be the same."""
     method, spec_retain = parse_method_spec(spec)
     if spec_retain is not None and retain_loss is not None and spec_retain.lower() != retain_loss.lower():
-        raise UsageError(f"--method {spec} names retain loss {spec_retain} but --retain-loss is {retain_loss}; give one")
+        raise UsageError(
+            f"--method {spec} names retain loss {spec_retain} but --retain-loss is {retain_loss}; give one"
+        )
     return ObjectiveConfig(
         method=method,
         retain_loss=retain_loss if retain_loss is not None else spec_retain,
@@ -119,9 +132,7 @@ def objective_config(
     )
 
 
-def _resolve_hparams(
-    method: ForgetMethod, retain: RetainLoss, given: Mapping[str, float]
-) -> dict[str, float]:
+def _resolve_hparams(method: ForgetMethod, retain: RetainLoss, given: Mapping[str, float]) -> dict[str, float]:
     specs: dict[str, HParam] = {**retain.hparams, **method.hparams}
     unknown = sorted(set(given) - set(specs))
     if unknown:

@@ -67,7 +67,11 @@ def plot_quality_vs_utility(rows: list[dict], path: Path, title: str = "") -> Pa
 
 def plot_effects_all_runs(study_dir: Path, path: Path) -> Path | None:
     """e_u and e_r of every unlearning run against step, symmetric-log y axis (methods differ by decades)."""
-    runs = [read_run(study_dir / e.run_dir) for e in read_manifest(study_dir) if e.kind == "run" and e.run_dir and (study_dir / e.run_dir).is_dir()]
+    runs = [
+        read_run(study_dir / e.run_dir)
+        for e in read_manifest(study_dir)
+        if e.kind == "run" and e.run_dir and (study_dir / e.run_dir).is_dir()
+    ]
     runs = [run for run in runs if run.geffect]
     if not runs:
         return None
@@ -79,7 +83,14 @@ def plot_effects_all_runs(study_dir: Path, path: Path) -> Path | None:
         for index, run in enumerate(runs):
             steps, values = step_series(run.geffect, lambda r, k=key: effect_total(r, k))
             magnitudes.extend(np.abs(values[np.isfinite(values)]))
-            ax.plot(steps, values, color=run_colour(cmap, index), linestyle=("-", "--", ":")[index // 20 % 3], label=run.name, linewidth=1.2)
+            ax.plot(
+                steps,
+                values,
+                color=run_colour(cmap, index),
+                linestyle=("-", "--", ":")[index // 20 % 3],
+                label=run.name,
+                linewidth=1.2,
+            )
         positive = [m for m in magnitudes if m > 0]
         # linear within the smallest decade that matters, logarithmic beyond it
         ax.set_yscale("symlog", linthresh=float(np.percentile(positive, 10)) if positive else 1.0)

@@ -60,7 +60,9 @@ def plot_groups(run: RunFiles, path: Path) -> Path | None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True, layout="constrained")
     for ax, key in zip(axes, EFFECT_KEYS):
         for group in GROUPS:
-            steps, values = step_series(run.geffect, lambda r, k=key, g=group: as_float(((r.get(k) or {}).get("groups") or {}).get(g)))
+            steps, values = step_series(
+                run.geffect, lambda r, k=key, g=group: as_float(((r.get(k) or {}).get("groups") or {}).get(g))
+            )
             if np.isfinite(values).any():
                 ax.plot(steps, values, label=group)
         zero_line(ax)
@@ -89,7 +91,9 @@ def plot_layer_heatmap(run: RunFiles, path: Path) -> Path | None:
     if all(m is None for m in matrices.values()):
         return None
     plt = use_agg()
-    steps = [int(as_float(r.get("step"))) if math.isfinite(as_float(r.get("step"))) else i for i, r in enumerate(run.geffect)]
+    steps = [
+        int(as_float(r.get("step"))) if math.isfinite(as_float(r.get("step"))) else i for i, r in enumerate(run.geffect)
+    ]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
     for ax, key in zip(axes, EFFECT_KEYS):
         matrix = matrices[key]
@@ -98,7 +102,11 @@ def plot_layer_heatmap(run: RunFiles, path: Path) -> Path | None:
             continue
         bound = float(np.nanmax(np.abs(matrix))) or 1.0
         image = ax.imshow(
-            matrix, aspect="auto", origin="lower", cmap="RdBu_r", interpolation="nearest",
+            matrix,
+            aspect="auto",
+            origin="lower",
+            cmap="RdBu_r",
+            interpolation="nearest",
             norm=TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound),
             extent=(-0.5, len(steps) - 0.5, -0.5, matrix.shape[0] - 0.5),
         )
@@ -139,10 +147,18 @@ def _scatter_by_weight(plt, ax, x: np.ndarray, y: np.ndarray, weights: np.ndarra
         for b, colour in enumerate(colours):
             mask = bins == b
             if mask.any():
-                ax.scatter(x[finite][mask], y[finite][mask], s=size, color=colour, alpha=0.7,
-                           label=f"weight in [{edges[b]:.3g}, {edges[min(b + 1, len(edges) - 1)]:.3g}]")
+                ax.scatter(
+                    x[finite][mask],
+                    y[finite][mask],
+                    s=size,
+                    color=colour,
+                    alpha=0.7,
+                    label=f"weight in [{edges[b]:.3g}, {edges[min(b + 1, len(edges) - 1)]:.3g}]",
+                )
     if (~finite).any():
-        ax.scatter(x[~finite], y[~finite], s=size, color="tab:blue", alpha=0.6, label="forget item (unweighted objective)")
+        ax.scatter(
+            x[~finite], y[~finite], s=size, color="tab:blue", alpha=0.6, label="forget item (unweighted objective)"
+        )
     ax.legend(fontsize=7, title="objective weight of the item" if finite.any() else None, title_fontsize=8)
 
 
@@ -162,7 +178,9 @@ def plot_instances(run: RunFiles, path: Path) -> Path | None:
     ax.set(xlabel=STEP_LABEL, ylabel="item's share of e_u (nat²)", title="forget items: unlearning PG-effects")
     ax = axes[1]
     if retain:
-        ax.scatter([p[0] for p in retain], [p[2] for p in retain], s=8, color="tab:orange", alpha=0.6, label="retain item")
+        ax.scatter(
+            [p[0] for p in retain], [p[2] for p in retain], s=8, color="tab:orange", alpha=0.6, label="retain item"
+        )
         ax.legend(fontsize=7)
     zero_line(ax)
     ax.set(xlabel=STEP_LABEL, ylabel="item's share of e_r (nat²)", title="retain items: retaining PG-effects")
@@ -185,9 +203,11 @@ def plot_instance_scatter(run: RunFiles, path: Path) -> Path | None:
     _scatter_by_weight(plt, ax, e_u, e_r, weights, size=10)
     ax.axvline(0.0, color="grey", linewidth=0.8)
     zero_line(ax)
-    ax.set(xlabel="unlearning PG-effect ∇R(D_u)·∇L_i (nat²; < 0 removes)",
-           ylabel="retaining PG-effect ∇R(D_r)·∇L_i (nat²; ≥ 0 keeps)",
-           title="forget items: where each item's gradient pushes")
+    ax.set(
+        xlabel="unlearning PG-effect ∇R(D_u)·∇L_i (nat²; < 0 removes)",
+        ylabel="retaining PG-effect ∇R(D_r)·∇L_i (nat²; ≥ 0 keeps)",
+        title="forget items: where each item's gradient pushes",
+    )
     fig.suptitle(f"{run.name}: instance scatter ({len(points)} item-steps)")
     return save_figure(fig, path)
 
@@ -202,8 +222,10 @@ def measured_risk_change(run: RunFiles, side: str) -> tuple[np.ndarray, np.ndarr
     """
     log_key = {"u": "forget_risk", "r": "retain_risk"}[side]
     estimator = run.geffect[-1].get("estimator", "batch") if run.geffect else "batch"
-    sources = ((run.geffect, lambda r: side_risk(r, side), f"measured on the {estimator} estimator's sets"),
-               (run.log, lambda r: as_float(r.get(log_key)), "measured on each step's batch"))
+    sources = (
+        (run.geffect, lambda r: side_risk(r, side), f"measured on the {estimator} estimator's sets"),
+        (run.log, lambda r: as_float(r.get(log_key)), "measured on each step's batch"),
+    )
     for records, getter, what in sources:
         steps, values = step_series(records, getter)
         finite = np.isfinite(values) & np.isfinite(steps)
@@ -216,22 +238,31 @@ def measured_risk_change(run: RunFiles, side: str) -> tuple[np.ndarray, np.ndarr
 def plot_predicted_vs_measured(run: RunFiles, path: Path) -> Path | None:
     """Cumulative first-order prediction -Σ η_t e_t against the measured change of the forget and retain risks."""
     sides = (("u", "forget set risk R(D_u)"), ("r", "retain set risk R(D_r)"))
-    if not run.geffect or not any(np.isfinite(step_series(run.geffect, lambda r, s=s: predicted_change(r, s))[1]).any() for s, _ in sides):
+    if not run.geffect or not any(
+        np.isfinite(step_series(run.geffect, lambda r, s=s: predicted_change(r, s))[1]).any() for s, _ in sides
+    ):
         return None
     plt = use_agg()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True, layout="constrained")
     for ax, (side, title) in zip(axes, sides):
         steps, values = step_series(run.geffect, lambda r, s=side: predicted_change(r, s))
         start = steps[0] - 1 if len(steps) else 0.0
-        ax.plot(np.r_[start, steps], np.r_[0.0, values], marker=".", label="predicted: -Σ η·e (first order, plain gradient step)")
+        ax.plot(
+            np.r_[start, steps],
+            np.r_[0.0, values],
+            marker=".",
+            label="predicted: -Σ η·e (first order, plain gradient step)",
+        )
         m_steps, m_values, what = measured_risk_change(run, side)
         if len(m_steps):
             ax.plot(m_steps, m_values, linestyle="--", label=f"measured change ({what})")
         zero_line(ax)
         ax.set(xlabel=f"after {STEP_LABEL}", ylabel="change of mean token NLL (nats)", title=title)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{run.name}: predicted vs measured risk change\n"
-                 "(the prediction assumes plain gradient steps θ' = θ - η∇L; adaptive optimizers such as AdamW step differently)")
+    fig.suptitle(
+        f"{run.name}: predicted vs measured risk change\n"
+        "(the prediction assumes plain gradient steps θ' = θ - η∇L; adaptive optimizers such as AdamW step differently)"
+    )
     return save_figure(fig, path)
 
 

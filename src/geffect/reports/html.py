@@ -79,10 +79,14 @@ def _results_table(rows: list[dict]) -> str:
             value = row[column]
             if column in NUMBER_COLUMNS:
                 exact = "" if math.isnan(value) else repr(value)
-                cells.append(f'<td data-column="{column}" data-value="{exact}">{html.escape(format_number(value))}</td>')
+                cells.append(
+                    f'<td data-column="{column}" data-value="{exact}">{html.escape(format_number(value))}</td>'
+                )
             else:
                 cells.append(f'<td class="label" data-column="{column}">{html.escape(str(value))}</td>')
-        body.append(f'<tr class="{html.escape(row["kind"])}" data-name="{html.escape(row["name"])}">{"".join(cells)}</tr>')
+        body.append(
+            f'<tr class="{html.escape(row["kind"])}" data-name="{html.escape(row["name"])}">{"".join(cells)}</tr>'
+        )
     return f'<div class="scroll"><table id="results"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
@@ -97,7 +101,7 @@ def _timings(study_dir: Path) -> str:
         for s in stages
     )
     return (
-        "<h2>Stage times</h2><table id=\"timings\"><thead><tr><th>stage</th><th>item</th><th>seconds</th><th>status</th>"
+        '<h2>Stage times</h2><table id="timings"><thead><tr><th>stage</th><th>item</th><th>seconds</th><th>status</th>'
         f"</tr></thead><tbody>{rows}</tbody></table>"
     )
 

@@ -88,7 +88,10 @@ def item_contributions(record: dict, side: str) -> dict[str, float]:
 
 def objective_items(record: dict) -> dict[str, tuple[float, float]]:
     """Per forget item, (grad R_u . G_i, grad R_r . G_i): the objective-side split of the paper's scatter."""
-    return {str(k): (as_float(v.get("e_u")), as_float(v.get("e_r"))) for k, v in (record.get("objective_items") or {}).items()}
+    return {
+        str(k): (as_float(v.get("e_u")), as_float(v.get("e_r")))
+        for k, v in (record.get("objective_items") or {}).items()
+    }
 
 
 def item_weights(record: dict) -> dict[str, float]:

@@ -115,7 +115,9 @@ MARKDOWN_COLUMNS = ("method", "forget_split", "seed", "params", *NUMBER_COLUMNS)
 def to_markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(MARKDOWN_COLUMNS) + " |", "|" + "---|" * len(MARKDOWN_COLUMNS)]
     for row in rows:
-        cells = [format_number(row[c]) if c in NUMBER_COLUMNS else str(row[c]).replace("|", "\\|") for c in MARKDOWN_COLUMNS]
+        cells = [
+            format_number(row[c]) if c in NUMBER_COLUMNS else str(row[c]).replace("|", "\\|") for c in MARKDOWN_COLUMNS
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -10,4 +10,13 @@ from geffect.study.config import StudyConfig, load_config, parse_config
 from geffect.study.pipeline import StudyResult, run_study
 from geffect.study.plan import StudyPlan, describe, plan_study
 
-__all__ = ["StudyConfig", "StudyPlan", "StudyResult", "describe", "load_config", "parse_config", "plan_study", "run_study"]
+__all__ = [
+    "StudyConfig",
+    "StudyPlan",
+    "StudyResult",
+    "describe",
+    "load_config",
+    "parse_config",
+    "plan_study",
+    "run_study",
+]

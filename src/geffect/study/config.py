@@ -18,8 +18,8 @@ from typing import Any
 import yaml
 
 from geffect.data.tofu import FORGET_SPLITS
-from geffect.errors import UsageError
 from geffect.effects.config import TrackerConfig
+from geffect.errors import UsageError
 from geffect.evaluation.config import EvalConfig
 from geffect.options import check, default_of, from_mapping, section_fields, section_values
 from geffect.schema import build, fail
@@ -124,7 +124,9 @@ def load_config(path: str | Path) -> StudyConfig:
     """Read, validate and resolve a study YAML file (UsageError naming the key path on bad input)."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"study configuration {path} does not exist; pass a YAML file such as examples/builtin-cpu.yaml")
+        raise UsageError(
+            f"study configuration {path} does not exist; pass a YAML file such as examples/builtin-cpu.yaml"
+        )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
@@ -183,9 +185,15 @@ def validate(config: StudyConfig) -> None:
     """Checks that need more than types; each UsageError names the key path."""
     bench = config.benchmark
     if (bench.builtin is None) == (bench.source is None):
-        raise fail("benchmark", "give exactly one of builtin (e.g. {authors: 100, seed: 0}) or source (a TOFU folder or hub id)")
+        raise fail(
+            "benchmark",
+            "give exactly one of builtin (e.g. {authors: 100, seed: 0}) or source (a TOFU folder or hub id)",
+        )
     if bench.builtin is not None and bench.builtin.authors < 10:
-        raise fail("benchmark.builtin.authors", f"needs at least 10 authors (forget01 is 1% of them), got {bench.builtin.authors}")
+        raise fail(
+            "benchmark.builtin.authors",
+            f"needs at least 10 authors (forget01 is 1% of them), got {bench.builtin.authors}",
+        )
     _check_list("forget_splits", config.forget_splits, FORGET_SPLITS)
     if not config.seeds:
         raise fail("seeds", "give at least one seed")
@@ -196,7 +204,9 @@ def validate(config: StudyConfig) -> None:
     for key in ("retain", "retain_logs"):
         for split in getattr(config.model, key):
             if split not in config.forget_splits:
-                raise fail(f"model.{key}.{split}", f"not one of the study's forget_splits ({', '.join(config.forget_splits)})")
+                raise fail(
+                    f"model.{key}.{split}", f"not one of the study's forget_splits ({', '.join(config.forget_splits)})"
+                )
     if config.template is not None:
         from geffect.data.templates import get_template
 
@@ -253,7 +263,10 @@ def _check_method(method: MethodSection, path: str) -> None:
     for key in ("params", "grid"):
         for hparam in getattr(method, key):
             if hparam not in known:
-                raise fail(f"{path}.{key}.{hparam}", f"unknown hyper-parameter of {method.method}; known: {', '.join(sorted(known))}")
+                raise fail(
+                    f"{path}.{key}.{hparam}",
+                    f"unknown hyper-parameter of {method.method}; known: {', '.join(sorted(known))}",
+                )
     for hparam, values in method.grid.items():
         if not values:
             raise fail(f"{path}.grid.{hparam}", "a grid needs at least one value")
@@ -296,7 +309,8 @@ def resolve_paths(config: StudyConfig, base_dir: Path) -> StudyConfig:
             base=resolve(model.base, base_dir),
             target=resolve(model.target, base_dir),
             retain={split: resolve(value, base_dir) for split, value in model.retain.items()},
-            retain_logs={split: str((base_dir / Path(v).expanduser()).resolve()) for split, v in model.retain_logs.items()},
+            retain_logs={
+                split: str((base_dir / Path(v).expanduser()).resolve()) for split, v in model.retain_logs.items()
+            },
         ),
     )
-

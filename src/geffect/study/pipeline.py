@@ -13,23 +13,23 @@ than a collective barrier, so that hours of fine-tuning on one GPU cannot time o
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import sys
 import time
-import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from geffect.errors import UsageError
 from geffect.io import atomic_write_json, atomic_write_text
-from geffect.study import stages
-from geffect.study.stages import Stage
-from geffect.study.config import StudyConfig
 from geffect.runfolder import RunFolder
+from geffect.study import stages
+from geffect.study.config import StudyConfig
 from geffect.study.plan import EVALS_DIR, How, StudyPlan, describe, plan_study, unlearn_config
+from geffect.study.stages import Stage
 
 STAGES_DIR = "stages"
 CONFIG_FILE = "study.yaml"
@@ -158,8 +158,10 @@ class StageRunner:
         self.say(f"{kind}: side-by-side stages done in {time.perf_counter() - started:.1f} s wall clock")
 
     def _mark(self, stage: Stage, seconds: float) -> None:
-        atomic_write_json(self.out / STAGES_DIR / stage.marker,
-                          {"key": fingerprint(stage.key), "inputs": stage.key, "seconds": seconds, "finished": time.time()})  # fmt: skip
+        atomic_write_json(
+            self.out / STAGES_DIR / stage.marker,
+            {"key": fingerprint(stage.key), "inputs": stage.key, "seconds": seconds, "finished": time.time()},
+        )
 
     def _wait_for(self, stage: Stage) -> None:
         while not _finished(self.out / STAGES_DIR / stage.marker, fingerprint(stage.key), ()):
@@ -197,13 +199,28 @@ def _template(config: StudyConfig) -> str:
 def _manifest(plan: StudyPlan) -> dict:
     entries = []
     for ref in plan.references:
-        entries.append({"name": "target", "kind": "target", "forget_split": ref.forget_split, "eval_dir": f"{EVALS_DIR}/target-{ref.forget_split}"})
+        entries.append(
+            {
+                "name": "target",
+                "kind": "target",
+                "forget_split": ref.forget_split,
+                "eval_dir": f"{EVALS_DIR}/target-{ref.forget_split}",
+            }
+        )
         entries.append({"name": "retain", "kind": "retain", "forget_split": ref.forget_split, "eval_dir": ref.eval_dir})
     for run in plan.runs:
-        entries.append({
-            "name": run.run_id, "kind": "run", "method": run.label, "forget_split": run.forget_split, "seed": run.seed,
-            "params": run.params, "run_dir": run.folder, "eval_dir": run.eval_dir,
-        })
+        entries.append(
+            {
+                "name": run.run_id,
+                "kind": "run",
+                "method": run.label,
+                "forget_split": run.forget_split,
+                "seed": run.seed,
+                "params": run.params,
+                "run_dir": run.folder,
+                "eval_dir": run.eval_dir,
+            }
+        )
     return {"entries": entries}
 
 
@@ -211,14 +228,18 @@ def _prepare_out(out: Path, overwrite: bool, processes: Processes) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"output path {out} exists and is not a folder; choose another --out")
     if out.is_dir() and any(out.iterdir()) and not (out / CONFIG_FILE).exists() and not overwrite:
-        raise UsageError(f"{out} exists and is not a study folder; choose another --out (or pass --overwrite to replace it)")
+        raise UsageError(
+            f"{out} exists and is not a study folder; choose another --out (or pass --overwrite to replace it)"
+        )
     if processes.is_main:
         if overwrite and out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
 
 
-def run_study(config: StudyConfig, out: str | Path, dry_run: bool = False, overwrite: bool = False, stream=None) -> StudyResult:
+def run_study(
+    config: StudyConfig, out: str | Path, dry_run: bool = False, overwrite: bool = False, stream=None
+) -> StudyResult:
     """Run (or, with `dry_run`, only plan and print) a study into `out`; see the module docstring."""
     out = Path(out).resolve()
     plan = plan_study(config)
@@ -255,8 +276,19 @@ class _Study:
         self.reference_keys: dict[str, str] = {}
         self.reference_files: dict[str, str] = {}
 
-    def _evaluation(self, name: str, key: dict, model: str, forget_split: str, reference: str | None, folder: Path) -> Stage:
-        args = (model, self.data, forget_split, self.template, reference, self.config.eval, folder, self.config.model.dtype)
+    def _evaluation(
+        self, name: str, key: dict, model: str, forget_split: str, reference: str | None, folder: Path
+    ) -> Stage:
+        args = (
+            model,
+            self.data,
+            forget_split,
+            self.template,
+            reference,
+            self.config.eval,
+            folder,
+            self.config.model.dtype,
+        )
         return Stage("evaluate", name, key, stages.evaluate_model, args, (folder / stages.SUMMARY_FILE,))
 
     def benchmark(self) -> None:
@@ -264,8 +296,14 @@ class _Study:
             return
         b = self.config.benchmark.builtin
         folder = self.out / self.plan.benchmark
-        stage = Stage("benchmark", "builtin", {"authors": b.authors, "seed": b.seed}, stages.build_benchmark,
-                      (folder, b.authors, b.seed), (folder,))  # fmt: skip
+        stage = Stage(
+            "benchmark",
+            "builtin",
+            {"authors": b.authors, "seed": b.seed},
+            stages.build_benchmark,
+            (folder, b.authors, b.seed),
+            (folder,),
+        )
         (self.bench_key,) = self.runner.run([stage])
 
     def models(self) -> None:
@@ -279,10 +317,17 @@ class _Study:
                 self.model_paths[ident] = model.source
                 continue
             folder = self.out / model.folder
-            key = {"bench": self.bench_key, "base": model.source, "split": model.split, "template": self.template,
-                   "finetune": options}  # fmt: skip
+            key = {
+                "bench": self.bench_key,
+                "base": model.source,
+                "split": model.split,
+                "template": self.template,
+                "finetune": options,
+            }
             args = (model.source, self.data, model.split, folder, options, self.template)
-            jobs.append((ident, Stage("finetune", model.split, key, stages.finetune_model, args, (folder / "config.json",))))
+            jobs.append(
+                (ident, Stage("finetune", model.split, key, stages.finetune_model, args, (folder / "config.json",)))
+            )
             self.model_paths[ident] = str(folder)
         hashes = self._run_all([stage for _, stage in jobs])
         self.model_keys.update({ident: h for (ident, _), h in zip(jobs, hashes)})
@@ -297,22 +342,39 @@ class _Study:
         import torch
 
         return (
-            self.config.side_by_side and count > 1 and (os.cpu_count() or 1) > 1
-            and self.runner.processes.world_size == 1 and not torch.cuda.is_available()
-        )  # fmt: skip
+            self.config.side_by_side
+            and count > 1
+            and (os.cpu_count() or 1) > 1
+            and self.runner.processes.world_size == 1
+            and not torch.cuda.is_available()
+        )
 
     def references(self) -> None:
         for ref in self.plan.references:
             folder = self.out / ref.eval_dir
             if ref.how == How.LOG:
-                key = {"log": ref.log_file, "mtime": os.path.getmtime(ref.log_file) if os.path.exists(ref.log_file) else None}
-                stage = Stage("reference", ref.forget_split, key, stages.summarize_log, (ref.log_file, folder),
-                              (folder / stages.SUMMARY_FILE,))  # fmt: skip
+                key = {
+                    "log": ref.log_file,
+                    "mtime": os.path.getmtime(ref.log_file) if os.path.exists(ref.log_file) else None,
+                }
+                stage = Stage(
+                    "reference",
+                    ref.forget_split,
+                    key,
+                    stages.summarize_log,
+                    (ref.log_file, folder),
+                    (folder / stages.SUMMARY_FILE,),
+                )
                 self.reference_files[ref.forget_split] = ref.log_file
             else:
                 ident = f"retain-{ref.retain_model.split}"
-                key = {"bench": self.bench_key, "model": self.model_keys[ident], "eval": self.eval_options,
-                       "template": self.template, "dtype": self.config.model.dtype}  # fmt: skip
+                key = {
+                    "bench": self.bench_key,
+                    "model": self.model_keys[ident],
+                    "eval": self.eval_options,
+                    "template": self.template,
+                    "dtype": self.config.model.dtype,
+                }
                 stage = self._evaluation(ref.forget_split, key, self.model_paths[ident], ref.forget_split, None, folder)
                 stage = dataclasses.replace(stage, kind="reference")
                 self.reference_files[ref.forget_split] = str(folder / stages.EVAL_FILE)
@@ -328,9 +390,17 @@ class _Study:
         for ref in self.plan.references:
             split = ref.forget_split
             folder = self.out / EVALS_DIR / f"target-{split}"
-            key = {"bench": self.bench_key, "model": model_key, "reference": self.reference_keys[split],
-                   "eval": self.eval_options, "template": self.template, "dtype": self.config.model.dtype}  # fmt: skip
-            self.runner.run([self._evaluation(f"target-{split}", key, path, split, self.reference_files[split], folder)])
+            key = {
+                "bench": self.bench_key,
+                "model": model_key,
+                "reference": self.reference_keys[split],
+                "eval": self.eval_options,
+                "template": self.template,
+                "dtype": self.config.model.dtype,
+            }
+            self.runner.run(
+                [self._evaluation(f"target-{split}", key, path, split, self.reference_files[split], folder)]
+            )
 
     def unlearning_runs(self) -> None:
         if self.runner.processes.is_main:
@@ -339,19 +409,36 @@ class _Study:
         unlearn_stages = []
         for run in self.plan.runs:
             folder = self.out / run.folder
-            key = {"bench": self.bench_key, "model": model_key, "run": asdict(run), "geffect": self.config.geffect.to_section(),
-                   "template": self.template, "dtype": self.config.model.dtype}  # fmt: skip
+            key = {
+                "bench": self.bench_key,
+                "model": model_key,
+                "run": asdict(run),
+                "geffect": self.config.geffect.to_section(),
+                "template": self.template,
+                "dtype": self.config.model.dtype,
+            }
             options = unlearn_config(self.config, run, model=path, data=self.data, out=str(folder))
             options.template = self.template
-            unlearn_stages.append(Stage("unlearn", run.run_id, key, stages.unlearn_run, (options, self.config.geffect),
-                                        (RunFolder(folder).summary_path,), everywhere=True))  # fmt: skip
+            unlearn_stages.append(
+                Stage(
+                    "unlearn",
+                    run.run_id,
+                    key,
+                    stages.unlearn_run,
+                    (options, self.config.geffect),
+                    (RunFolder(folder).summary_path,),
+                    everywhere=True,
+                )
+            )
         run_keys = self._run_all(unlearn_stages)
         evaluations = []
         for run, run_key in zip(self.plan.runs, run_keys):
             key = {"run": run_key, "reference": self.reference_keys[run.forget_split], "eval": self.eval_options}
             model = str(RunFolder(self.out / run.folder).model_dir)
             reference = self.reference_files[run.forget_split]
-            evaluations.append(self._evaluation(run.run_id, key, model, run.forget_split, reference, self.out / run.eval_dir))
+            evaluations.append(
+                self._evaluation(run.run_id, key, model, run.forget_split, reference, self.out / run.eval_dir)
+            )
         self._run_all(evaluations)
 
     def report(self) -> Path:
@@ -370,5 +457,3 @@ class _Study:
         atomic_write_json(self.out / TIMINGS_FILE, {"stages": [asdict(r) for r in runner.records]})
         runner.say(f"{prefix}: done in {seconds:.1f} s -> {index}")
         return index
-
-

@@ -14,8 +14,8 @@ from typing import Any
 
 from geffect.data.tofu import RETAIN_FOR_FORGET
 from geffect.errors import UsageError
-from geffect.study.config import StudyConfig, method_spec, training_options
 from geffect.schema import fail
+from geffect.study.config import StudyConfig, method_spec, training_options
 
 # Folder layout of a study, relative to its output folder.
 BENCHMARK_DIR = "benchmark"
@@ -88,12 +88,18 @@ class RunPlan:
         """The run's ObjectiveConfig (geffect.objectives)."""
         from geffect.objectives import objective_config
 
-        return objective_config(self.method, self.retain_loss, self.gamma, self.alpha, self.hparams, self.training["kl_mask"])
+        return objective_config(
+            self.method, self.retain_loss, self.gamma, self.alpha, self.hparams, self.training["kl_mask"]
+        )
 
     @property
     def params(self) -> dict[str, float]:
         """Every hyper-parameter set in the configuration (fixed and grid), for the results table."""
-        return {**({"gamma": self.gamma} if self.gamma != 1.0 else {}), **({"alpha": self.alpha} if self.alpha != 1.0 else {}), **self.hparams}
+        return {
+            **({"gamma": self.gamma} if self.gamma != 1.0 else {}),
+            **({"alpha": self.alpha} if self.alpha != 1.0 else {}),
+            **self.hparams,
+        }
 
 
 @dataclass(frozen=True)
@@ -154,7 +160,10 @@ def expand_runs(config: StudyConfig) -> list[RunPlan]:
                         method_index=index,
                     )
                     if run.run_id in seen:
-                        raise fail(path, f"run {run.run_id} is also produced by {seen[run.run_id]}; give this entry a distinct name")
+                        raise fail(
+                            path,
+                            f"run {run.run_id} is also produced by {seen[run.run_id]}; give this entry a distinct name",
+                        )
                     seen[run.run_id] = path
                     runs.append(run)
     return runs
@@ -260,7 +269,13 @@ def describe(plan: StudyPlan, out: str) -> list[str]:
         lines.append(f"  reference for {ref.forget_split}: {what}")
     lines.append(f"  evaluate the target model on {', '.join(r.forget_split for r in plan.references)}")
     g = config.geffect.tracker
-    tracking = f"G-effects every {g.every} step(s), estimator {g.estimator}" + (", per item" if g.instances else "") + (", instance scatter" if g.scatter else "") if config.geffect.enabled else "no G-effects"
+    tracking = (
+        f"G-effects every {g.every} step(s), estimator {g.estimator}"
+        + (", per item" if g.instances else "")
+        + (", instance scatter" if g.scatter else "")
+        if config.geffect.enabled
+        else "no G-effects"
+    )
     lines.append(f"  {len(plan.runs)} unlearning run(s), {tracking}, each then evaluated:")
     for run in plan.runs:
         t = run.training

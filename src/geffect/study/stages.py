@@ -73,7 +73,11 @@ def finetune_model(base: str, data: str, split: str, folder: Path, options: dict
 
     if base != TINY_MODEL:  # architecture overrides only shape the tiny model
         options = {k: v for k, v in options.items() if k != "model_overrides"}
-    finetune(FinetuneConfig(data=data, split=split, model=base, out=str(folder), template=template, overwrite=True, **options))
+    finetune(
+        FinetuneConfig(
+            data=data, split=split, model=base, out=str(folder), template=template, overwrite=True, **options
+        )
+    )
 
 
 def evaluate_model(
@@ -98,8 +102,15 @@ def evaluate_model(
     if torch.cuda.is_available():
         model = model.to("cuda")
     results = evaluate(
-        model, tokenizer, data, forget_split, template, retain_logs=reference,
-        ds_size=options.ds_size, batch_size=options.batch_size, max_new_tokens=options.max_new_tokens,
+        model,
+        tokenizer,
+        data,
+        forget_split,
+        template,
+        retain_logs=reference,
+        ds_size=options.ds_size,
+        batch_size=options.batch_size,
+        max_new_tokens=options.max_new_tokens,
     )
     atomic_write_json(folder / EVAL_FILE, results)
     reference_log = load_eval_file(reference) if reference is not None else load_eval_file(folder / EVAL_FILE)

@@ -57,7 +57,9 @@ def training_records(data: str, split: str, include_general: bool = True) -> tup
     return records, general
 
 
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, generator: torch.Generator, group: int = 16) -> list[list[int]]:
+def length_grouped_batches(
+    lengths: Sequence[int], batch_size: int, generator: torch.Generator, group: int = 16
+) -> list[list[int]]:
     """Shuffled batches of indices whose items have similar lengths, to waste little compute on padding.
 
     Shuffle everything, sort each window of `group` batches by length, cut it into batches, shuffle the
@@ -80,7 +82,10 @@ def native_bf16(device: torch.device) -> bool:
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
         cpu = getattr(torch, "cpu", None)
-        return any(bool(getattr(cpu, name, lambda: False)()) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+        return any(
+            bool(getattr(cpu, name, lambda: False)())
+            for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        )
     return False
 
 
@@ -103,7 +108,9 @@ def answer_loss(model: torch.nn.Module, batch: dict, answers_only: bool) -> torc
     if not answers_only:
         return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
     logits, start = answer_logits(model, {"input_ids": input_ids, "attention_mask": attention_mask}, labels)
-    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels[:, start + 1 :].flatten(), ignore_index=IGNORE_INDEX)
+    return torch.nn.functional.cross_entropy(
+        logits.float().flatten(0, 1), labels[:, start + 1 :].flatten(), ignore_index=IGNORE_INDEX
+    )
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -182,11 +189,19 @@ def train(
 
 def answer_token_budget(tokenizer, records: Sequence[dict], template: Template, slack: int = 2) -> int:
     """Enough new tokens for the longest answer (plus EOS) of `records`, so every exact match is reachable."""
-    return max(len(tokenizer(template.answer(r["answer"]), add_special_tokens=False)["input_ids"]) for r in records) + slack
+    return (
+        max(len(tokenizer(template.answer(r["answer"]), add_special_tokens=False)["input_ids"]) for r in records)
+        + slack
+    )
 
 
 def exact_match_accuracy(
-    model, tokenizer, records: Sequence[dict], template: Template, batch_size: int = 64, max_new_tokens: int | None = None
+    model,
+    tokenizer,
+    records: Sequence[dict],
+    template: Template,
+    batch_size: int = 64,
+    max_new_tokens: int | None = None,
 ) -> float:
     """Fraction of `records` whose answer (as the template writes it) greedy decoding reproduces exactly
     (surrounding whitespace ignored). `max_new_tokens` None: just enough for the longest answer."""
@@ -274,10 +289,19 @@ def _set_up(config: FinetuneConfig, settings: dict) -> _Run:
 
 def _train(run: _Run, config: FinetuneConfig, settings: dict) -> list[float]:
     return train(
-        run.model, run.items, pad_token_id(run.tokenizer), settings["epochs"], settings["lr"], settings["batch_size"],
-        config.seed, max_steps=config.max_steps, warmup_ratio=settings["warmup_ratio"],
-        weight_decay=settings["weight_decay"], progress=config.progress, precision=settings["precision"],
-    )  # fmt: skip
+        run.model,
+        run.items,
+        pad_token_id(run.tokenizer),
+        settings["epochs"],
+        settings["lr"],
+        settings["batch_size"],
+        config.seed,
+        max_steps=config.max_steps,
+        warmup_ratio=settings["warmup_ratio"],
+        weight_decay=settings["weight_decay"],
+        progress=config.progress,
+        precision=settings["precision"],
+    )
 
 
 def _evaluate(run: _Run, config: FinetuneConfig) -> tuple[list[dict], float]:
@@ -285,7 +309,9 @@ def _evaluate(run: _Run, config: FinetuneConfig) -> tuple[list[dict], float]:
     eval_records = fixed_sample(run.records, config.eval_limit)
     if not eval_records:
         return eval_records, float("nan")
-    return eval_records, exact_match_accuracy(run.model, run.tokenizer, eval_records, run.template, batch_size=config.eval_batch_size)
+    return eval_records, exact_match_accuracy(
+        run.model, run.tokenizer, eval_records, run.template, batch_size=config.eval_batch_size
+    )
 
 
 def finetune(config: FinetuneConfig) -> FinetuneResult:
@@ -309,26 +335,47 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     summary = _summary(run, run_config, losses, eval_records, accuracy, train_seconds, eval_seconds, settings)
     _save_atomically(out, run.model, run.tokenizer, summary)
     return FinetuneResult(
-        out=out, accuracy=accuracy, eval_items=len(eval_records), split_items=len(run.records), steps=len(losses),
-        train_seconds=train_seconds, eval_seconds=eval_seconds, first_loss=losses[0] if losses else math.nan,
-        last_loss=losses[-1] if losses else math.nan, config=run_config,
-    )  # fmt: skip
+        out=out,
+        accuracy=accuracy,
+        eval_items=len(eval_records),
+        split_items=len(run.records),
+        steps=len(losses),
+        train_seconds=train_seconds,
+        eval_seconds=eval_seconds,
+        first_loss=losses[0] if losses else math.nan,
+        last_loss=losses[-1] if losses else math.nan,
+        config=run_config,
+    )
 
 
 def _run_config(config: FinetuneConfig, template: Template, settings: dict) -> dict:
     """The options the run used, as finetune.json records them."""
     run_config = {
-        "data": str(config.data), "split": config.split, "model": config.model, "template": template.name,
-        "seed": config.seed, "max_steps": config.max_steps, "include_general": config.include_general, **settings,
+        "data": str(config.data),
+        "split": config.split,
+        "model": config.model,
+        "template": template.name,
+        "seed": config.seed,
+        "max_steps": config.max_steps,
+        "include_general": config.include_general,
+        **settings,
         "model_overrides": config.model_overrides or {},
-    }  # fmt: skip
+    }
     if config.model == TINY_MODEL:
         run_config["tiny_preset"] = asdict(tiny_preset.TINY)
     return run_config
 
 
-def _summary(run: _Run, run_config: dict, losses: list[float], eval_records: list[dict], accuracy: float,
-             train_seconds: float, eval_seconds: float, settings: dict) -> dict:  # fmt: skip
+def _summary(
+    run: _Run,
+    run_config: dict,
+    losses: list[float],
+    eval_records: list[dict],
+    accuracy: float,
+    train_seconds: float,
+    eval_seconds: float,
+    settings: dict,
+) -> dict:
     """finetune.json."""
     records = run.records
     return {
@@ -342,7 +389,9 @@ def _summary(run: _Run, run_config: dict, losses: list[float], eval_records: lis
             "accuracy": accuracy if eval_records else None,
             "items": len(eval_records),
             "of": len(records),
-            "selection": "all records of the split" if len(eval_records) == len(records) else "evenly spaced fixed sample",
+            "selection": "all records of the split"
+            if len(eval_records) == len(records)
+            else "evenly spaced fixed sample",
             "decoding": "greedy, up to EOS, whitespace-stripped string equality with the templated answer",
         },
         "first_loss": losses[0] if losses else None,

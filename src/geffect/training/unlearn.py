@@ -26,8 +26,8 @@ from geffect.data.templates import get_template, template_for_model
 from geffect.data.tofu import RETAIN_FOR_FORGET, load_split
 from geffect.errors import TrainingDiverged, UsageError
 from geffect.io import prepare_output_dir
-from geffect.models.lora import with_lora
 from geffect.models.loading import check_model_source, load_model, load_tokenizer
+from geffect.models.lora import with_lora
 from geffect.objectives import ObjectiveConfig, build_objective
 from geffect.objectives import objective_config as make_objective_config
 from geffect.objectives.tokens import score
@@ -65,17 +65,29 @@ def unlearn(config: UnlearnConfig, callbacks: Sequence[StepCallback] = ()) -> Un
     s = set_up(config, callbacks)
     accelerator, model, objective, sampler, folder = s.accelerator, s.model, s.objective, s.sampler, s.folder
     run = RunContext(
-        folder=folder, model=accelerator.unwrap_model(model), accelerator=accelerator, objective=objective,
-        ref_model=s.ref_model, tokenizer=s.tokenizer, options=config, template=s.template,
-        total_steps=s.total_steps, start_step=s.start_step,
-    )  # fmt: skip
+        folder=folder,
+        model=accelerator.unwrap_model(model),
+        accelerator=accelerator,
+        objective=objective,
+        ref_model=s.ref_model,
+        tokenizer=s.tokenizer,
+        options=config,
+        template=s.template,
+        total_steps=s.total_steps,
+        start_step=s.start_step,
+    )
     keep_graph = any(getattr(callback, "retain_graph", False) for callback in callbacks)
     for callback in callbacks:
         callback.on_train_begin(run)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=s.total_steps, initial=s.start_step, desc=f"unlearn {objective.name}", unit="step",
-               disable=not (config.progress and accelerator.is_main_process))  # fmt: skip
+    bar = tqdm(
+        total=s.total_steps,
+        initial=s.start_step,
+        desc=f"unlearn {objective.name}",
+        unit="step",
+        disable=not (config.progress and accelerator.is_main_process),
+    )
     last_record = None
     started = time.perf_counter()
     try:
@@ -150,15 +162,13 @@ def set_up(config: UnlearnConfig, callbacks: Sequence[StepCallback] = ()) -> _Se
     encode = dict(tokenizer=tokenizer, template=template, max_length=config.max_length)
     forget_items = encode_records(records=forget_records, **encode)
     retain_items = encode_records(records=retain_records, **encode)
-    idk_items = encode_records(records=forget_records, answer_for=_refusal(config.seed), **encode) if objective.needs_idk else None
-
-    sampler = StepSampler(
-        len(forget_items), len(retain_items), config.batch_size, config.grad_accum, accelerator.num_processes, config.seed
+    idk_items = (
+        encode_records(records=forget_records, answer_for=_refusal(config.seed), **encode)
+        if objective.needs_idk
+        else None
     )
-    total_steps = config.epochs * sampler.steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    warmup = warmup_steps_for(config.warmup_epochs, sampler.steps_per_epoch, total_steps)
+
+    sampler, total_steps, warmup = _step_plan(config, len(forget_items), len(retain_items), accelerator.num_processes)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
     )
@@ -187,8 +197,17 @@ def set_up(config: UnlearnConfig, callbacks: Sequence[StepCallback] = ()) -> _Se
         folder.keep_log_until(start_step)
         folder.write_config(_document(config, resolved, callbacks))
     accelerator.wait_for_everyone()
-    return _Setup(config, accelerator, folder, objective, template, tokenizer, model, ref_model, optimizer, scheduler,
-                  sampler, builder, total_steps, start_step)  # fmt: skip
+    parts = (objective, template, tokenizer, model, ref_model, optimizer, scheduler, sampler, builder)
+    return _Setup(config, accelerator, folder, *parts, total_steps, start_step)
+
+
+def _step_plan(config: UnlearnConfig, n_forget: int, n_retain: int, world_size: int) -> tuple[StepSampler, int, int]:
+    """The sampler of each step's items, the number of optimizer steps and the warm-up steps."""
+    sampler = StepSampler(n_forget, n_retain, config.batch_size, config.grad_accum, world_size, config.seed)
+    total_steps = config.epochs * sampler.steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    return sampler, total_steps, warmup_steps_for(config.warmup_epochs, sampler.steps_per_epoch, total_steps)
 
 
 def _document(config: UnlearnConfig, resolved: dict, callbacks: Sequence[StepCallback]) -> dict:
@@ -217,7 +236,9 @@ def _resume(accelerator, folder: RunFolder, objective, resume: bool) -> int:
 
 def _save_checkpoint(s: _Setup, step: int) -> None:
     state = {"step": step + 1, "epoch": s.sampler.epoch_of(step), "data_position": (step + 1) * s.sampler.global_batch}
-    save_checkpoint(s.accelerator, s.folder.path, step + 1, state, s.objective.state_dict(), keep=s.config.keep_checkpoints)
+    save_checkpoint(
+        s.accelerator, s.folder.path, step + 1, state, s.objective.state_dict(), keep=s.config.keep_checkpoints
+    )
 
 
 def _finish(s: _Setup, seconds: float, last_record: dict | None) -> UnlearnResult:
@@ -229,15 +250,23 @@ def _finish(s: _Setup, seconds: float, last_record: dict | None) -> UnlearnResul
         summary = _summary(folder, s.objective, s.total_steps, s.start_step, seconds, accelerator)
         folder.write_summary(summary)
     accelerator.wait_for_everyone()
-    return UnlearnResult(run_dir=folder.path, model_dir=folder.model_dir, steps=s.total_steps, summary=summary,
-                         last_log=last_record, model=final_model)  # fmt: skip
+    return UnlearnResult(
+        run_dir=folder.path,
+        model_dir=folder.model_dir,
+        steps=s.total_steps,
+        summary=summary,
+        last_log=last_record,
+        model=final_model,
+    )
 
 
 # --- helpers, in the order the loop uses them -------------------------------------------------------------
 
 
 def objective_config(config: UnlearnConfig) -> ObjectiveConfig:
-    return make_objective_config(config.method, config.retain_loss, config.gamma, config.alpha, config.hparams, config.kl_mask)
+    return make_objective_config(
+        config.method, config.retain_loss, config.gamma, config.alpha, config.hparams, config.kl_mask
+    )
 
 
 def _accelerator(config: UnlearnConfig):
@@ -259,7 +288,9 @@ def _accelerator(config: UnlearnConfig):
         cpu=cpu_world,
         mixed_precision=mixed_precision,
         # Explicit, so an ACCELERATE_GRADIENT_ACCUMULATION_STEPS from a launch config cannot disagree with the loop.
-        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=config.grad_accum, sync_with_dataloader=False),
+        gradient_accumulation_plugin=GradientAccumulationPlugin(
+            num_steps=config.grad_accum, sync_with_dataloader=False
+        ),
         step_scheduler_with_optimizer=False,
     )
 
@@ -272,7 +303,9 @@ def _open_run_dir(accelerator, config: UnlearnConfig, callbacks: Sequence[StepCa
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"output path {run_dir} exists and is not a folder; choose another --out")
     if nonempty and not (config.overwrite or config.resume):
-        raise UsageError(f"run folder {run_dir} already exists; pass --resume to continue it, --overwrite to replace it, or another --out")
+        raise UsageError(
+            f"run folder {run_dir} already exists; pass --resume to continue it, --overwrite to replace it, or another --out"
+        )
     if nonempty and config.resume:
         _check_resumable(folder, config, accelerator.num_processes, callbacks)
     accelerator.wait_for_everyone()
@@ -282,7 +315,9 @@ def _open_run_dir(accelerator, config: UnlearnConfig, callbacks: Sequence[StepCa
     return folder
 
 
-def _check_resumable(folder: RunFolder, config: UnlearnConfig, world_size: int, callbacks: Sequence[StepCallback]) -> None:
+def _check_resumable(
+    folder: RunFolder, config: UnlearnConfig, world_size: int, callbacks: Sequence[StepCallback]
+) -> None:
     if folder.finished:
         raise UsageError(f"run {folder.path} already finished; pass --overwrite to run it again")
     saved = folder.read_config()
@@ -294,7 +329,9 @@ def _check_resumable(folder: RunFolder, config: UnlearnConfig, world_size: int, 
         details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
         raise UsageError(f"--resume needs the options of the interrupted run; changed: {details}")
     if saved["resolved"]["world_size"] != world_size:
-        raise UsageError(f"run {folder.path} ran on {saved['resolved']['world_size']} processes; resume it on as many (now {world_size})")
+        raise UsageError(
+            f"run {folder.path} ran on {saved['resolved']['world_size']} processes; resume it on as many (now {world_size})"
+        )
     _check_callback_settings({name: saved[name] for name in saved.get("callbacks", [])}, _callback_settings(callbacks))
 
 
@@ -307,7 +344,11 @@ def _check_callback_settings(saved: dict[str, dict], new: dict[str, dict]) -> No
         if old is None or now is None:
             change = f"the run had no {name}" if old is None else f"the run had {name}"
         else:
-            change = "changed: " + ", ".join(f"{k}: {old.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k))
+            change = "changed: " + ", ".join(
+                f"{k}: {old.get(k)!r} -> {now.get(k)!r}"
+                for k in sorted(set(old) | set(now))
+                if old.get(k) != now.get(k)
+            )
         raise UsageError(f"--resume needs the {name} settings of the interrupted run; {change}")
 
 
