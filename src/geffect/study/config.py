@@ -80,7 +80,7 @@ class Tracking:
 
     @classmethod
     def from_section(cls, data: Any, path: str) -> "Tracking":
-        data = dict(data or {}) if isinstance(data, dict) else data
+        data = dict(data) if isinstance(data, dict) else data  # a copy: `enabled` is taken out
         enabled = data.pop("enabled", True) if isinstance(data, dict) else True
         if not isinstance(enabled, bool):
             raise fail(f"{path}.enabled", f"expected true or false, got {enabled!r}")
