@@ -10,14 +10,11 @@ from geffect.data.templates import TEMPLATES, get_template, template_for_model
 from geffect.data.tofu import FORGET_SPLITS
 from geffect.errors import UsageError
 from geffect.evaluation.config import EvalConfig
-from geffect.evaluation.logs import META_KEY, load_eval_file
+from geffect.evaluation.logs import EVAL_FILE, META_KEY, SUMMARY_FILE, load_eval_file
 from geffect.evaluation.runner import evaluate, plan_evaluation
 from geffect.evaluation.summary import summarize
 from geffect.io import atomic_write_json, prepare_output_dir
 from geffect.options import add_arguments, from_args
-
-EVAL_FILE = "TOFU_EVAL.json"
-SUMMARY_FILE = "TOFU_SUMMARY.json"
 
 
 def register(subparsers) -> None:

@@ -23,6 +23,9 @@ from geffect.errors import UsageError
 from geffect.evaluation.registry import METRICS, Entry, compute_metrics
 
 META_KEY = "geffect_meta"
+# An evaluation folder: the per-item values (OpenUnlearning's format) and the aggregates.
+EVAL_FILE = "TOFU_EVAL.json"
+SUMMARY_FILE = "TOFU_SUMMARY.json"
 LEGACY_SET_FILES = {
     "eval_log_forget.json": "forget",
     "eval_log.json": "retain",

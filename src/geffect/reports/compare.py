@@ -14,9 +14,8 @@ import numpy as np
 
 from geffect.reports.figures import EFFECT_LABEL, EFFECT_UNIT, STEP_LABEL, save_figure, step_series, use_agg, zero_line
 from geffect.reports.runfiles import EFFECT_KEYS, effect_total, read_run
-from geffect.reports.tables import RESULTS_CSV, read_manifest, read_results_csv
-
-FIGURES_DIR = "figures"  # STUDY/figures: the comparison figures
+from geffect.reports.tables import read_manifest, read_results_csv
+from geffect.studyfolder import StudyFolder
 
 
 def run_colour(cmap, index: int):
@@ -103,9 +102,9 @@ def plot_effects_all_runs(study_dir: Path, path: Path) -> Path | None:
 
 def write_comparison_figures(study_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
     study_dir = Path(study_dir)
-    out = Path(out_dir) if out_dir is not None else study_dir / FIGURES_DIR
+    out = Path(out_dir) if out_dir is not None else study_dir / StudyFolder.FIGURES
     written = {}
-    results = study_dir / RESULTS_CSV
+    results = study_dir / StudyFolder.RESULTS_CSV
     if results.exists():
         figure = plot_quality_vs_utility(read_results_csv(results), out / "quality_vs_utility.png")
         if figure is not None:

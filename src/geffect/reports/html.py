@@ -15,14 +15,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from geffect.io import atomic_write_text
-from geffect.reports.compare import FIGURES_DIR
 from geffect.reports.runfiles import read_json
-from geffect.reports.tables import COLUMNS, NUMBER_COLUMNS, RESULTS_CSV, format_number, read_manifest, read_results_csv
+from geffect.reports.tables import COLUMNS, NUMBER_COLUMNS, format_number, read_manifest, read_results_csv
 from geffect.runfolder import RunFolder
-
-INDEX_FILE = "index.html"
-CONFIG_FILE = "study.yaml"
-TIMINGS_FILE = "timings.json"
+from geffect.studyfolder import StudyFolder
 
 COLUMN_TITLES = {
     "forget_quality": "KS-test p-value of forget truth ratios against the retain model (higher = closer to retraining)",
@@ -91,7 +87,7 @@ def _results_table(rows: list[dict]) -> str:
 
 
 def _timings(study_dir: Path) -> str:
-    path = study_dir / TIMINGS_FILE
+    path = study_dir / StudyFolder.TIMINGS
     if not path.exists():
         return ""
     stages = read_json(path).get("stages", [])
@@ -109,8 +105,12 @@ def _timings(study_dir: Path) -> str:
 def render_index(study_dir: str | Path, title: str = "geffect study report") -> Path:
     """Write STUDY/index.html from the files in the study folder; returns its path."""
     study_dir = Path(study_dir)
-    rows = read_results_csv(study_dir / RESULTS_CSV)
-    config = (study_dir / CONFIG_FILE).read_text(encoding="utf-8") if (study_dir / CONFIG_FILE).exists() else ""
+    rows = read_results_csv(study_dir / StudyFolder.RESULTS_CSV)
+    config = (
+        (study_dir / StudyFolder.CONFIG).read_text(encoding="utf-8")
+        if (study_dir / StudyFolder.CONFIG).exists()
+        else ""
+    )
     runs = [entry for entry in read_manifest(study_dir) if entry.kind == "run" and entry.run_dir]
     run_sections = []
     for entry in runs:
@@ -132,7 +132,7 @@ name for its definition; exact values are in <code>results.csv</code>.</p>
 <h2>Results</h2>
 {_results_table(rows)}
 <h2>Comparison</h2>
-{_figures(study_dir, study_dir / FIGURES_DIR)}
+{_figures(study_dir, study_dir / StudyFolder.FIGURES)}
 <h2>Per-method G-effects</h2>
 {"".join(run_sections) or '<p class="note">no unlearning runs</p>'}
 {_timings(study_dir)}
@@ -140,4 +140,4 @@ name for its definition; exact values are in <code>results.csv</code>.</p>
 <details><summary>study.yaml (resolved)</summary><pre>{html.escape(config)}</pre></details>
 </body></html>
 """
-    return atomic_write_text(study_dir / INDEX_FILE, page)
+    return atomic_write_text(study_dir / StudyFolder.INDEX, page)

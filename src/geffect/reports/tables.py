@@ -15,13 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from geffect.errors import UsageError
+from geffect.evaluation.logs import SUMMARY_FILE
 from geffect.io import atomic_write_text
 from geffect.reports.runfiles import as_float, final_effects, read_json, read_run
-
-MANIFEST_FILE = "manifest.json"
-SUMMARY_FILE = "TOFU_SUMMARY.json"
-RESULTS_CSV = "results.csv"
-RESULTS_MD = "results.md"
+from geffect.studyfolder import StudyFolder
 
 # Column name -> key of TOFU_SUMMARY.json it is read from.
 SUMMARY_COLUMNS: dict[str, str] = {
@@ -57,7 +54,7 @@ class ManifestEntry:
 
 
 def read_manifest(study_dir: str | Path) -> list[ManifestEntry]:
-    path = Path(study_dir) / MANIFEST_FILE
+    path = Path(study_dir) / StudyFolder.MANIFEST
     if not path.exists():
         raise UsageError(f"{path} is missing; pass the --out folder of a finished study")
     return [ManifestEntry.from_dict(entry) for entry in read_json(path)["entries"]]
@@ -137,6 +134,6 @@ def write_tables(study_dir: str | Path) -> tuple[Path, Path]:
     study_dir = Path(study_dir)
     rows = build_rows(study_dir)
     return (
-        atomic_write_text(study_dir / RESULTS_CSV, to_csv(rows)),
-        atomic_write_text(study_dir / RESULTS_MD, to_markdown(rows)),
+        atomic_write_text(study_dir / StudyFolder.RESULTS_CSV, to_csv(rows)),
+        atomic_write_text(study_dir / StudyFolder.RESULTS_MD, to_markdown(rows)),
     )

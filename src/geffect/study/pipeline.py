@@ -24,17 +24,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from geffect.errors import UsageError
+from geffect.evaluation.logs import EVAL_FILE, SUMMARY_FILE
 from geffect.io import atomic_write_json, atomic_write_text
 from geffect.runfolder import RunFolder
 from geffect.study import stages
 from geffect.study.config import StudyConfig
 from geffect.study.plan import EVALS_DIR, How, StudyPlan, describe, plan_study, unlearn_config
 from geffect.study.stages import Stage
+from geffect.studyfolder import StudyFolder
 
-STAGES_DIR = "stages"
-CONFIG_FILE = "study.yaml"
-MANIFEST_FILE = "manifest.json"
-TIMINGS_FILE = "timings.json"
 WAIT_POLL_SECONDS = 2.0
 
 
@@ -111,7 +109,7 @@ class StageRunner:
     def _cached(self, stage: Stage) -> bool:
         """Whether the stage's marker matches its key and its outputs exist; an outdated marker is removed
         (its inputs changed). Counts and reports cached stages; the others are reported when they run."""
-        marker = self.out / STAGES_DIR / stage.marker
+        marker = self.out / StudyFolder.STAGES / stage.marker
         if _finished(marker, fingerprint(stage.key), stage.outputs):
             self.say(f"{self._prefix(stage)}: cached")
             self.records.append(StageRecord(stage.kind, stage.name, _seconds(marker), True))
@@ -159,12 +157,12 @@ class StageRunner:
 
     def _mark(self, stage: Stage, seconds: float) -> None:
         atomic_write_json(
-            self.out / STAGES_DIR / stage.marker,
+            self.out / StudyFolder.STAGES / stage.marker,
             {"key": fingerprint(stage.key), "inputs": stage.key, "seconds": seconds, "finished": time.time()},
         )
 
     def _wait_for(self, stage: Stage) -> None:
-        while not _finished(self.out / STAGES_DIR / stage.marker, fingerprint(stage.key), ()):
+        while not _finished(self.out / StudyFolder.STAGES / stage.marker, fingerprint(stage.key), ()):
             time.sleep(WAIT_POLL_SECONDS)
 
 
@@ -227,7 +225,7 @@ def _manifest(plan: StudyPlan) -> dict:
 def _prepare_out(out: Path, overwrite: bool, processes: Processes) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"output path {out} exists and is not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not (out / CONFIG_FILE).exists() and not overwrite:
+    if out.is_dir() and any(out.iterdir()) and not (out / StudyFolder.CONFIG).exists() and not overwrite:
         raise UsageError(
             f"{out} exists and is not a study folder; choose another --out (or pass --overwrite to replace it)"
         )
@@ -249,7 +247,7 @@ def run_study(
     processes = Processes.from_env()
     _prepare_out(out, overwrite, processes)
     if processes.is_main:
-        atomic_write_text(out / CONFIG_FILE, config.to_yaml())
+        atomic_write_text(out / StudyFolder.CONFIG, config.to_yaml())
     study = _Study(config, plan, out, StageRunner(out, _count_stages(plan), processes, stream or sys.stderr))
     study.benchmark()
     study.models()
@@ -289,7 +287,7 @@ class _Study:
             folder,
             self.config.model.dtype,
         )
-        return Stage("evaluate", name, key, stages.evaluate_model, args, (folder / stages.SUMMARY_FILE,))
+        return Stage("evaluate", name, key, stages.evaluate_model, args, (folder / SUMMARY_FILE,))
 
     def benchmark(self) -> None:
         if not self.plan.builtin:
@@ -363,7 +361,7 @@ class _Study:
                     key,
                     stages.summarize_log,
                     (ref.log_file, folder),
-                    (folder / stages.SUMMARY_FILE,),
+                    (folder / SUMMARY_FILE,),
                 )
                 self.reference_files[ref.forget_split] = ref.log_file
             else:
@@ -377,7 +375,7 @@ class _Study:
                 }
                 stage = self._evaluation(ref.forget_split, key, self.model_paths[ident], ref.forget_split, None, folder)
                 stage = dataclasses.replace(stage, kind="reference")
-                self.reference_files[ref.forget_split] = str(folder / stages.EVAL_FILE)
+                self.reference_files[ref.forget_split] = str(folder / EVAL_FILE)
             (self.reference_keys[ref.forget_split],) = self.runner.run([stage])
 
     @property
@@ -404,7 +402,7 @@ class _Study:
 
     def unlearning_runs(self) -> None:
         if self.runner.processes.is_main:
-            atomic_write_json(self.out / MANIFEST_FILE, _manifest(self.plan))
+            atomic_write_json(self.out / StudyFolder.MANIFEST, _manifest(self.plan))
         path, model_key = self.target
         unlearn_stages = []
         for run in self.plan.runs:
@@ -450,10 +448,10 @@ class _Study:
         prefix = f"[{runner.done}/{runner.total}] report"
         runner.say(f"{prefix}: running ...")
         started = time.perf_counter()
-        atomic_write_json(self.out / TIMINGS_FILE, {"stages": [asdict(r) for r in runner.records]})
+        atomic_write_json(self.out / StudyFolder.TIMINGS, {"stages": [asdict(r) for r in runner.records]})
         index = write_report(self.out, title=f"geffect study: {self.config.name}")["index"]
         seconds = time.perf_counter() - started
-        runner.records.append(StageRecord("report", "index.html", seconds, False))
-        atomic_write_json(self.out / TIMINGS_FILE, {"stages": [asdict(r) for r in runner.records]})
+        runner.records.append(StageRecord("report", StudyFolder.INDEX, seconds, False))
+        atomic_write_json(self.out / StudyFolder.TIMINGS, {"stages": [asdict(r) for r in runner.records]})
         runner.say(f"{prefix}: done in {seconds:.1f} s -> {index}")
         return index

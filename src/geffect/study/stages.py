@@ -14,11 +14,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from geffect.evaluation.config import EvalConfig
+from geffect.evaluation.logs import EVAL_FILE, SUMMARY_FILE
 from geffect.io import atomic_write_json
 from geffect.study.config import Tracking
-
-EVAL_FILE = "TOFU_EVAL.json"
-SUMMARY_FILE = "TOFU_SUMMARY.json"
 
 
 @dataclass(frozen=True)
