@@ -251,3 +251,25 @@ def test_a_checked_value_fails_the_same_way_on_both_sides(capsys):
         parse_config(_study(training={"lr": -1.0}))
     assert cli_error == "geffect: error: --lr must be a positive number, got -1.0"
     assert str(caught.value) == "training: --lr must be a positive number, got -1.0"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["finetune", "--data", "d", "--out", "OUT", "--model-override", "hidden_size"], "is not KEY=VALUE"),
+        (["finetune", "--data", "d", "--out", "OUT", "--model-override", "hidden_size=[1"], "is not a YAML value"),
+        (["finetune", "--data", "d", "--out", "OUT", "--warmup-ratio", "-0.5"], "--warmup-ratio must be >= 0"),
+        (["finetune", "--data", "d", "--out", "OUT", "--precision", "fp16"], "unknown --precision 'fp16'"),
+        (["unlearn", "--model", "m", "--data", "d", "--out", "OUT", "--method", "GA", "--track-geffect",
+          "--geffect-probe-batch-size", "0"], "--geffect-probe-batch-size must be >= 1"),
+        (["unlearn", "--model", "m", "--data", "d", "--out", "OUT", "--method", "GA", "--track-geffect",
+          "--geffect-estimator", "exact"], "unknown --geffect-estimator 'exact'"),
+        (["eval", "--model", "m", "--data", "d", "--out", "OUT", "--batch-size", "0"], "--batch-size must be >= 1"),
+    ],
+)  # fmt: skip
+def test_a_bad_derived_option_is_one_line_and_writes_nothing(argv, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli_main.main([str(out) if a == "OUT" else a for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not out.exists()
