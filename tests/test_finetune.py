@@ -268,3 +268,11 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_update_that_overflows_the_weights_saves_nothing(tiny_benchmark, tmp_path):
+    """lr 1e39 is a finite Python float but infinite in float32: one step leaves non-finite weights with a finite
+    loss; the run stops before saving them (exit 1 on the command line)."""
+    with pytest.raises(TrainingDiverged, match="weights are not finite after 1 optimiser step"):
+        _quick(tiny_benchmark, tmp_path / "inf", lr=1e39, max_steps=1, warmup_ratio=0.0)
+    assert list(tmp_path.iterdir()) == []

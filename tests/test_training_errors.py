@@ -103,3 +103,20 @@ def test_nan_loss_stops_with_message_and_intact_checkpoint(tmp_path_factory, tmp
     assert main(_args(data, model, out, "--method", "NPO+KL", "--save-every", "1", "--resume")) == 0
     log = read_jsonl(out / "log.jsonl")
     assert [record["step"] for record in log] == [1, 2, 3, 4, 5] and all(math.isfinite(r["loss"]) for r in log)
+
+
+@pytest.mark.parametrize("save_every", [0, 1])
+def test_float16_run_that_diverges_on_its_last_update_saves_nothing(tmp_path_factory, tmp_path, capsys, save_every):
+    """AdamW on float16 weights overflows them in one step while the loss and gradient of that step are
+    finite: the guard on the weights (before any checkpoint and before the final save) stops the run."""
+    data, model = tiny_paths(tmp_path_factory)
+    out = tmp_path / "run"
+    capsys.readouterr()
+    argv = _args(data, model, out, "--method", "GA", "--dtype", "float16", "--max-steps", "1")
+    code = main([*argv, "--save-every", str(save_every)])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("geffect:")]
+    assert code == 1
+    assert len(err) == 1 and "weights are not finite after optimizer step 1" in err[0], err
+    assert not (out / "model").exists() and not (out / "summary.json").exists()
+    assert list_checkpoints(out) == []
+    assert [record["step"] for record in read_jsonl(out / "log.jsonl")] == [1]  # the step ran; nothing kept

@@ -42,6 +42,7 @@ from geffect.training.finetune_config import (
     FinetuneResult,
     check_precision,
 )
+from geffect.training.guards import non_finite_parameters, weights_problem
 from geffect.training.schedule import build_scheduler, warmup_steps_of_ratio
 
 HYPER_PARAMETERS = ("epochs", "lr", "batch_size", "warmup_ratio", "weight_decay", "max_length", "precision")
@@ -327,6 +328,9 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     started = time.perf_counter()
     losses = _train(run, config, settings)
     train_seconds = time.perf_counter() - started
+    problem = weights_problem(non_finite_parameters(run.model), f"after {len(losses)} optimiser step(s)")
+    if problem:
+        raise TrainingDiverged(f"{problem}; nothing was saved; lower --lr and retry")
     started = time.perf_counter()
     eval_records, accuracy = _evaluate(run, config)
     eval_seconds = time.perf_counter() - started

@@ -5,8 +5,9 @@
 Per optimizer step: `grad_accum` micro-batches (forget items paired with random retain items, see
 `batches.py`) go through the objective and backward; the callbacks see the accumulated gradients; then
 clipping (optional), AdamW, the warm-up/decay schedule, one line of `log.jsonl`, and every `save_every` steps a
-checkpoint. A non-finite loss or gradient norm stops the run before the optimizer step, so no checkpoint
-ever holds a diverged model.
+checkpoint. A non-finite loss or gradient norm stops the run before the optimizer step, and non-finite
+weights (an update that overflowed them) stop it before any checkpoint or final save, so nothing saved ever
+holds a diverged model.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from geffect.training.batches import BatchBuilder, StepSampler, encode_records
 from geffect.training.callbacks import RunContext, StepCallback, StepContext
 from geffect.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from geffect.training.config import RESUME_FREE_FIELDS, UnlearnConfig, UnlearnResult
+from geffect.training.guards import non_finite_parameters, weights_problem
 from geffect.training.schedule import build_scheduler, warmup_steps_for
 from geffect.training.step_stats import StepStats
 
@@ -234,7 +236,25 @@ def _resume(accelerator, folder: RunFolder, objective, resume: bool) -> int:
     return int(trainer_state["step"])
 
 
+def _check_weights(s: _Setup, step: int) -> None:
+    """Before any save: the weights after optimizer step `step` are finite on every process (a float16 AdamW
+    step, say, can overflow them without a non-finite loss or gradient), else the run stops, saving nothing."""
+    bad = non_finite_parameters(s.model)
+    count = torch.tensor(float(len(bad)), device=s.accelerator.device)
+    if s.accelerator.num_processes > 1:
+        count = s.accelerator.reduce(count, reduction="sum")
+    if float(count) > 0:
+        problem = weights_problem(bad, f"after optimizer step {step}") or "weights are not finite on another process"
+        checkpoint = latest_checkpoint(s.folder.path)
+        kept = f"last good checkpoint: {checkpoint}" if checkpoint else "no checkpoint was written (see --save-every)"
+        raise TrainingDiverged(
+            f"{problem}; run stopped before saving them ({kept}); lower --lr, add --max-grad-norm, or load the "
+            "weights in float32 (--dtype float32, with --mixed-precision bf16 for speed)"
+        )
+
+
 def _save_checkpoint(s: _Setup, step: int) -> None:
+    _check_weights(s, step + 1)
     state = {"step": step + 1, "epoch": s.sampler.epoch_of(step), "data_position": (step + 1) * s.sampler.global_batch}
     save_checkpoint(
         s.accelerator, s.folder.path, step + 1, state, s.objective.state_dict(), keep=s.config.keep_checkpoints
@@ -244,6 +264,7 @@ def _save_checkpoint(s: _Setup, step: int) -> None:
 def _finish(s: _Setup, seconds: float, last_record: dict | None) -> UnlearnResult:
     """RUN/model, then RUN/summary.json (last: it marks the run finished)."""
     accelerator, folder = s.accelerator, s.folder
+    _check_weights(s, s.total_steps)
     final_model = _save_final_model(accelerator, s.model, s.tokenizer, folder, lora=s.config.lora_r > 0)
     summary = {}
     if accelerator.is_main_process:
