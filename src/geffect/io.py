@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from geffect.errors import UsageError
 
@@ -46,9 +46,31 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def check_output_dir(path: str | os.PathLike, overwrite: bool) -> bool:
-    """Refuse (UsageError) a path that is not a folder, and a non-empty folder unless `overwrite`; touches
-    nothing. Returns whether a non-empty folder is there (the caller replaces or keeps it)."""
+def check_output_place(path: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = ()) -> None:
+    """Refuse (UsageError) an output folder whose replacement would delete what the user had: empty (the
+    current folder), the current folder or one of its parents (the filesystem root included), or a folder
+    holding one of the command's `inputs` (local paths; hub ids and missing paths are checked elsewhere)."""
+    if not str(path).strip():
+        raise UsageError("--out is empty; name a new folder for the results, e.g. --out runs/my-run")
+    target = Path(path).expanduser().resolve()
+    here = Path.cwd().resolve()
+    if target == here or target in here.parents:
+        raise UsageError(
+            f"--out {path} is the current folder or one of its parents; name a new folder, e.g. --out runs/my-run"
+        )
+    for item in inputs:
+        if item is None or not str(item).strip() or not Path(item).expanduser().exists():
+            continue
+        source = Path(item).expanduser().resolve()
+        if source == target or target in source.parents:
+            raise UsageError(f"--out {path} holds the input {item}; choose an output folder outside it")
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool, inputs: Iterable[str | os.PathLike | None] = ()) -> bool:
+    """Refuse (UsageError) an unsafe place (`check_output_place`), a path that is not a folder, and a non-empty
+    folder unless `overwrite`; touches nothing. Returns whether a non-empty folder is there (the caller
+    replaces or keeps it)."""
+    check_output_place(path, inputs)
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UsageError(f"output path {path} exists and is not a folder; choose another --out")
@@ -58,10 +80,14 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool) -> bool:
     return occupied
 
 
-def prepare_output_dir(path: str | os.PathLike, overwrite: bool, resume: bool = False) -> Path:
-    """Create an output folder; an existing non-empty one is refused unless `overwrite` (wiped) or `resume` (kept)."""
+def prepare_output_dir(
+    path: str | os.PathLike, overwrite: bool, resume: bool = False, inputs: Iterable[str | os.PathLike | None] = ()
+) -> Path:
+    """Create an output folder; an existing non-empty one is refused unless `overwrite` (wiped) or `resume` (kept),
+    and so is an unsafe place (`check_output_place`)."""
+    occupied = check_output_dir(path, overwrite or resume, inputs)  # the path as given: "" is refused as empty
     path = Path(path)
-    if check_output_dir(path, overwrite or resume) and not resume:
+    if occupied and not resume:
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     retain = plan_evaluation(
         args.data, args.forget, template, args.retain_logs, scoring.ds_size, scoring.max_new_tokens
     ).retain
-    out = prepare_output_dir(args.out, overwrite=args.overwrite)
+    # The model and data are read after the folder is replaced (the reference log was read above): keep them out.
+    out = prepare_output_dir(args.out, overwrite=args.overwrite, inputs=(args.model, args.data))
 
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
     model.to(_device(args.device))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from geffect.errors import UsageError
 from geffect.evaluation.logs import EVAL_FILE, SUMMARY_FILE
-from geffect.io import atomic_write_json, atomic_write_text
+from geffect.io import atomic_write_json, atomic_write_text, check_output_place
 from geffect.runfolder import RunFolder
 from geffect.study import stages
 from geffect.study.config import StudyConfig
@@ -222,7 +222,14 @@ def _manifest(plan: StudyPlan) -> dict:
     return {"entries": entries}
 
 
-def _prepare_out(out: Path, overwrite: bool, processes: Processes) -> None:
+def _inputs(config: StudyConfig) -> tuple:
+    """The data, models and logs a study reads (local paths among them must stay outside its folder)."""
+    model = config.model
+    return (config.benchmark.source, model.base, model.target, *model.retain.values(), *model.retain_logs.values())
+
+
+def _prepare_out(out: Path, overwrite: bool, processes: Processes, inputs: tuple) -> None:
+    check_output_place(out, inputs)
     if out.exists() and not out.is_dir():
         raise UsageError(f"output path {out} exists and is not a folder; choose another --out")
     if out.is_dir() and any(out.iterdir()) and not (out / StudyFolder.CONFIG).exists() and not overwrite:
@@ -245,7 +252,7 @@ def run_study(
         print("\n".join(describe(plan, str(out))), file=sys.stdout)
         return StudyResult(out, plan)
     processes = Processes.from_env()
-    _prepare_out(out, overwrite, processes)
+    _prepare_out(out, overwrite, processes, _inputs(config))
     if processes.is_main:
         atomic_write_text(out / StudyFolder.CONFIG, config.to_yaml())
     study = _Study(config, plan, out, StageRunner(out, _count_stages(plan), processes, stream or sys.stderr))

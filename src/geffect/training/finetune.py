@@ -322,7 +322,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     config.validate()
     settings = hyper_parameters(config)
     out = Path(config.out)
-    check_output_dir(out, config.overwrite)
+    check_output_dir(out, config.overwrite, inputs=(config.model, config.data))
     run = _set_up(config, settings)
 
     started = time.perf_counter()

@@ -26,7 +26,7 @@ from geffect.data.collate import pad_token_id
 from geffect.data.templates import get_template, template_for_model
 from geffect.data.tofu import RETAIN_FOR_FORGET, load_split
 from geffect.errors import TrainingDiverged, UsageError
-from geffect.io import prepare_output_dir
+from geffect.io import check_output_place, prepare_output_dir
 from geffect.models.loading import check_model_source, load_model, load_tokenizer
 from geffect.models.lora import with_lora
 from geffect.objectives import ObjectiveConfig, build_objective
@@ -318,6 +318,7 @@ def _accelerator(config: UnlearnConfig):
 
 def _open_run_dir(accelerator, config: UnlearnConfig, callbacks: Sequence[StepCallback]) -> RunFolder:
     """Check RUN on every process before any of them writes; the main process then creates or wipes it."""
+    check_output_place(config.out, inputs=(config.model, config.data))
     folder = RunFolder(config.out)
     run_dir = folder.path
     nonempty = run_dir.is_dir() and any(run_dir.iterdir())
