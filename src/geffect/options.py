@@ -90,10 +90,6 @@ def flag_of(cls: type, f: Field) -> str:
     return f"--{prefix}{f.name.replace('_', '-')}"
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _base_type(hint: Any) -> Any:
     """`X` of `X | None`; any other hint as it is."""
     args = typing.get_args(hint)
@@ -141,7 +137,7 @@ def _yaml_value(text: str) -> Any:
 def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, only: Sequence[str] | None = None) -> None:
     """One argument per field of `cls` (or of the fields named in `only`), with the help, default and
     choices of its declaration."""
-    hints = _hints(cls)
+    hints = typing.get_type_hints(cls)
     for f in fields(cls):
         if only is not None and f.name not in only:
             continue
@@ -179,7 +175,7 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, only: Sequen
 
 def from_args(cls: type, args: argparse.Namespace, /, **values: Any) -> Any:
     """An instance of `cls` from parsed arguments (`values` take precedence: fields set another way)."""
-    hints = _hints(cls)
+    hints = typing.get_type_hints(cls)
     given: dict[str, Any] = {}
     for f in fields(cls):
         if f.name in values or not hasattr(args, f.name):
@@ -205,7 +201,7 @@ def from_mapping(cls: type, data: Any, path: str, /, **values: Any) -> Any:
     allowed = {f.name: f for f in section_fields(cls)}
     if not isinstance(data, dict):
         raise fail(path, f"expected a mapping with keys {', '.join(allowed)}, got {type(data).__name__}")
-    hints = _hints(cls)
+    hints = typing.get_type_hints(cls)
     for key in data:
         if key not in allowed:
             raise fail(f"{path}.{key}" if path else str(key), f"unknown key; known keys here: {', '.join(allowed)}")

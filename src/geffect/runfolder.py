@@ -129,9 +129,6 @@ class RunFolder:
     def write_layout(self, layout: dict) -> None:
         atomic_write_json(self.layout_path, layout)
 
-    def read_layout(self) -> dict:
-        return json.loads(self.layout_path.read_text(encoding="utf-8"))
-
     # --- summary.json --------------------------------------------------------------------------------------
     def write_summary(self, summary: dict) -> None:
         atomic_write_json(self.summary_path, summary)

@@ -13,7 +13,7 @@ import json
 import math
 from pathlib import Path
 
-from geffect.cli.unlearn import add_objective_arguments
+from geffect.cli.unlearn import add_objective_arguments, parse_hparams
 from geffect.errors import UsageError
 
 HELP = "G-effects of saved checkpoints (one geffect.jsonl line per checkpoint), or --validate: the first-order check"
@@ -97,7 +97,6 @@ def build_effects_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 
 
 def _objective(args: argparse.Namespace):
-    from geffect.cli.unlearn import parse_hparams
     from geffect.objectives import build_objective, objective_config
 
     hparams = parse_hparams(args.hparams, args.beta)

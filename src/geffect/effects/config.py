@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from geffect.effects.estimators import ESTIMATORS
-from geffect.options import at_least, non_negative, option
+from geffect.options import at_least, check, non_negative, option
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,4 @@ class TrackerConfig:
             object.__setattr__(self, "instances", True)
 
     def validate(self) -> None:
-        from geffect.options import check
-
         check(self)

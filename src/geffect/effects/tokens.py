@@ -38,11 +38,6 @@ def model_inputs(batch: dict) -> dict:
     return {k: batch[k] for k in MODEL_KEYS if k in batch}
 
 
-def shifted_labels(labels: torch.Tensor) -> torch.Tensor:
-    """Labels aligned with the logits: position t of the result is the token predicted at t."""
-    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-
-
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-token CE [B, T] aligned with `labels` (0 at ignored positions), in fp32 or wider."""
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32

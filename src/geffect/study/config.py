@@ -22,7 +22,7 @@ from geffect.effects.config import TrackerConfig
 from geffect.errors import UsageError
 from geffect.evaluation.config import EvalConfig
 from geffect.options import check, default_of, from_mapping, section_fields, section_values
-from geffect.schema import build, fail
+from geffect.schema import build, convert, fail
 from geffect.training.config import UnlearnConfig
 from geffect.training.finetune_config import FinetuneConfig
 
@@ -81,9 +81,7 @@ class Tracking:
     @classmethod
     def from_section(cls, data: Any, path: str) -> "Tracking":
         data = dict(data) if isinstance(data, dict) else data  # a copy: `enabled` is taken out
-        enabled = data.pop("enabled", True) if isinstance(data, dict) else True
-        if not isinstance(enabled, bool):
-            raise fail(f"{path}.enabled", f"expected true or false, got {enabled!r}")
+        enabled = convert(bool, data.pop("enabled", True), f"{path}.enabled") if isinstance(data, dict) else True
         tracker = from_mapping(TrackerConfig, data, path)
         check(tracker, path, by_key=True)
         return cls(enabled, tracker)

@@ -245,10 +245,8 @@ def _check_weights(s: _Setup, step: int) -> None:
         count = s.accelerator.reduce(count, reduction="sum")
     if float(count) > 0:
         problem = weights_problem(bad, f"after optimizer step {step}") or "weights are not finite on another process"
-        checkpoint = latest_checkpoint(s.folder.path)
-        kept = f"last good checkpoint: {checkpoint}" if checkpoint else "no checkpoint was written (see --save-every)"
         raise TrainingDiverged(
-            f"{problem}; run stopped before saving them ({kept}); lower --lr, add --max-grad-norm, or load the "
+            f"{problem}; run stopped before saving them ({_kept(s.folder)}); lower --lr, add --max-grad-norm, or load the "
             "weights in float32 (--dtype float32, with --mixed-precision bf16 for speed)"
         )
 
@@ -450,10 +448,14 @@ def _optimizer_step(accelerator, optimizer) -> None:
     optimizer.step()  # a no-op wrapper under DeepSpeed
 
 
-def _diverged(what: str, value: float, step: int, folder: RunFolder) -> str:
+def _kept(folder: RunFolder) -> str:
+    """What a stopped run leaves to continue from."""
     checkpoint = latest_checkpoint(folder.path)
-    kept = f"last good checkpoint: {checkpoint}" if checkpoint else "no checkpoint was written (see --save-every)"
-    return f"{what} is {value} at optimizer step {step}; run stopped before the update ({kept}); lower --lr or add --max-grad-norm"
+    return f"last good checkpoint: {checkpoint}" if checkpoint else "no checkpoint was written (see --save-every)"
+
+
+def _diverged(what: str, value: float, step: int, folder: RunFolder) -> str:
+    return f"{what} is {value} at optimizer step {step}; run stopped before the update ({_kept(folder)}); lower --lr or add --max-grad-norm"
 
 
 def _save_final_model(accelerator, model, tokenizer, folder: RunFolder, lora: bool):
