@@ -24,6 +24,16 @@ import yaml
 BUDGET_SECONDS = 15 * 60
 
 
+def point_seconds(out: Path) -> list[float]:
+    """Seconds of every point scored along the runs (geffect.study.along writes them beside each point)."""
+    from geffect.study.along import POINT_TIMING
+
+    return [
+        json.loads(p.read_text(encoding="utf-8"))["seconds"]
+        for p in sorted(out.glob(f"runs/*/points/*/{POINT_TIMING}"))
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="study folder (default: a temporary folder, deleted afterwards)")
@@ -54,6 +64,7 @@ def main() -> int:
         run_study(config, out)
         total = time.perf_counter() - started
         stages = json.loads((out / "timings.json").read_text(encoding="utf-8"))["stages"]
+        points = point_seconds(out)
     finally:
         if temporary and not args.keep:
             shutil.rmtree(out, ignore_errors=True)
@@ -71,6 +82,11 @@ def main() -> int:
         print(f"{kind:<10} {len(seconds):3d} x  mean {sum(seconds) / len(seconds):7.1f} s  sum {sum(seconds):7.1f} s")
     if config.side_by_side:
         print("(stages of one kind may have run side by side, one process per core: their sum exceeds their wall time)")
+    if points:
+        print(
+            f"{'points':<10} {len(points):3d} x  mean {sum(points) / len(points):7.1f} s  sum {sum(points):7.1f} s"
+            "  (evaluation along the runs, inside the unlearn stages above)"
+        )
     verdict = "within" if total <= BUDGET_SECONDS else "OVER"
     print(f"total wall time {total:.1f} s ({total / 60:.1f} min): {verdict} the {BUDGET_SECONDS // 60}-minute budget")
     return 0

@@ -18,6 +18,12 @@ the bytes of one gradient copy.
 
     python benchmarks/bench_geffect.py
     python benchmarks/bench_geffect.py --methods GA NPO+KL --steps 20 --rounds 2
+
+On a real pretrained model (any --model: a name from `geffect models list`, a folder, a .gguf file), on real
+TOFU (forget01, its chat template when the model is an instruct model); a step of SmolLM2-135M takes tens of
+seconds on two cores, so few steps:
+
+    python benchmarks/bench_geffect.py --model smollm2-135m-instruct --data ../shared/data/tofu --steps 5 --skip 1 --rounds 1 --no-paper
 """
 
 from __future__ import annotations
@@ -176,6 +182,23 @@ def _cpu_peak(cfg: UnlearnConfig, tracker_config: TrackerConfig, steps: int = 4)
     return measured.peak
 
 
+def _model_and_data(args, work: Path) -> tuple[str, str, str, torch.nn.Module]:
+    """(model, data, template, the model loaded): the tiny preset on the built-in benchmark, or --model."""
+    if args.model:
+        from geffect.data.templates import template_for_model
+        from geffect.models.loading import load_model, resolve_model_source
+
+        args.forget = args.forget or "forget01"
+        data = args.data or "../shared/data/tofu"
+        return args.model, data, template_for_model(args.model).name, load_model(resolve_model_source(args.model))
+    data, model_dir = work / "bench", work / "model"
+    write_benchmark(data, n_authors=args.authors, seed=0)
+    model, tokenizer = build_tiny(str(data), seed=0)
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return str(model_dir), str(data), "plain", model
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="*", default=METHODS)
@@ -185,18 +208,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--authors", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=4, help="repetitions; the fastest of each variant counts")
     parser.add_argument("--no-paper", action="store_true", help="skip the paper-scheme column")
+    parser.add_argument("--model", help="a real model instead of the tiny preset (name, folder, .gguf, hub id)")
+    parser.add_argument("--data", help="TOFU folder for --model (default: the built-in benchmark)")
+    parser.add_argument("--forget", default=None, help="forget split (default forget01 with --model)")
+    parser.add_argument("--max-length", type=int, default=512, help="max tokens per item")
     args = parser.parse_args(argv)
 
     scratch = tempfile.TemporaryDirectory(prefix="bench_geffect_")  # removed when the script ends
     work = Path(scratch.name)
-    data, model_dir = work / "bench", work / "model"
-    write_benchmark(data, n_authors=args.authors, seed=0)
-    model, tokenizer = build_tiny(str(data), seed=0)
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    grad_bytes = sum(p.numel() * 4 for p in model.parameters())
+    model_dir, data, template, model = _model_and_data(args, work)
+    grad_bytes = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
     print(
-        f"tiny preset model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
+        f"{args.model or 'tiny preset'} model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
         f"torch threads {torch.get_num_threads()}; batch {args.batch_size}, grad_accum 1; "
         f"{args.steps} steps ({args.skip} warm-up), median step, best of {args.rounds} rounds"
     )
@@ -215,9 +238,11 @@ def main(argv: list[str] | None = None) -> int:
             max_steps=args.steps,
             batch_size=args.batch_size,
             grad_accum=1,
-            template="plain",
+            template=template,
+            max_length=args.max_length,
             progress=False,
             overwrite=True,
+            **({"forget": args.forget} if args.forget else {}),
         )
         variants = {
             "base": lambda: [],

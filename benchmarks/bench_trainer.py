@@ -12,6 +12,11 @@ bare loop (then the ratio also prices that forward).
 
     python benchmarks/bench_trainer.py                      # tiny preset model, built-in benchmark
     python benchmarks/bench_trainer.py --methods NPO WGA --steps 30
+    python benchmarks/bench_trainer.py --rules              # each update rule's step time against plain
+
+`--rules` times the trainer's steps with each update rule (geffect.updates) against `plain` with the same
+objective (NPO+NLL for the smoothing rules, GA for orthograd, NPO+KL for ge-project), batch 4, one
+micro-batch (target: orthograd <= 3x plain), and the two ways of per-item gradients orthograd can take.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from geffect.objectives.tokens import score
 from geffect.training.batches import BatchBuilder, StepSampler, encode_records
 from geffect.training.config import UnlearnConfig
 from geffect.training.schedule import build_scheduler
-from geffect.training.unlearn import _refusal, unlearn
+from geffect.training.unlearn import _refusal_items, unlearn
 
 
 class StepClock:
@@ -82,7 +87,7 @@ def bare_loop(cfg: UnlearnConfig, steps: int, skip: int, risk_forward: bool = Tr
         encode_records(records=load_split(cfg.data, "retain90"), **encode),
         pad_token_id(tokenizer),
         torch.device("cpu"),
-        encode_records(records=forget, answer_for=_refusal(cfg.seed), **encode) if objective.needs_idk else None,
+        _refusal_items(cfg, forget, encode) if objective.needs_idk else None,
     )
     sampler = StepSampler(len(builder.forget), len(builder.retain), cfg.batch_size, cfg.grad_accum, 1, cfg.seed)
     plan = [[builder.build(m) for m in sampler.micro_batches(step, 0)] for step in range(steps)]
@@ -103,6 +108,66 @@ def bare_loop(cfg: UnlearnConfig, steps: int, skip: int, risk_forward: bool = Tr
     return _durations(stamps, skip)
 
 
+# the objective each update rule is timed with (the robustness study's pairing)
+RULE_METHOD = {"orthograd": "GA", "ge-project": "NPO+KL"}
+
+
+def trainer_step_time(cfg: UnlearnConfig, rounds: int, skip: int) -> float:
+    durations = []
+    for _ in range(rounds):
+        clock = StepClock(skip)
+        unlearn(cfg, callbacks=[clock])
+        durations += clock.durations()
+    return statistics.median(durations)
+
+
+def bench_rules(base: dict, rounds: int, skip: int, model_dir: Path, names: list[str]) -> None:
+    from geffect.updates import update_names
+
+    plain: dict[str, float] = {}
+    print(f"update rules: batch {base['batch_size']}, one micro-batch per step (grad_accum 1)")
+    print(f"{'rule':<12}{'method':<10}{'ms/step':>9}{'x plain':>9}")
+    for rule in [r for r in update_names() if r == "plain" or not names or r in names]:
+        method = RULE_METHOD.get(rule, "NPO+NLL")
+        if method not in plain:
+            plain[method] = trainer_step_time(
+                UnlearnConfig(**{**base, "out": base["out"] + "-plain"}, method=method), rounds, skip
+            )
+        seconds = (
+            plain[method]
+            if rule == "plain"
+            else trainer_step_time(UnlearnConfig(**base, method=method, update=rule), rounds, skip)
+        )
+        print(f"{rule:<12}{method:<10}{seconds * 1000:>9.1f}{seconds / plain[method]:>9.2f}")
+    bench_per_item(model_dir, base["batch_size"])
+
+
+def bench_per_item(model_dir: Path, size: int, repeats: int = 5) -> None:
+    """orthograd's per-item retain gradients: torch.func vmap against one backward per item."""
+    from geffect.updates.persample import per_item_loop, per_item_vmap
+
+    model = load_model(str(model_dir)).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, model.config.vocab_size, (size, 64), generator=gen)
+    labels = ids.clone()
+    labels[:, :20] = -100
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    times = {}
+    for way in (per_item_loop, per_item_vmap):
+        way(model, params, batch)  # warm-up
+        runs = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            way(model, params, batch)
+            runs.append(time.perf_counter() - started)
+        times[way.__name__] = statistics.median(runs)
+    loop, vmap = times["per_item_loop"], times["per_item_vmap"]
+    print(
+        f"per-item gradients of {size} items x 64 tokens: loop {loop * 1000:.1f} ms, vmap {vmap * 1000:.1f} ms ({vmap / loop:.2f}x loop)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="*", default=method_names())
@@ -113,6 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--authors", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3, help="alternating measurements per loop")
     parser.add_argument("--strict", action="store_true", help="bare loop without the logging forward of IdkPO")
+    parser.add_argument(
+        "--rules",
+        nargs="*",
+        default=None,
+        metavar="RULE",
+        help="update rules' step times against plain instead (all by default)",
+    )
     args = parser.parse_args(argv)
 
     scratch = tempfile.TemporaryDirectory(prefix="bench_trainer_")  # removed when the script ends
@@ -127,6 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         f"tiny preset model: {n_params / 1e6:.2f}M parameters; torch threads {torch.get_num_threads()}; "
         f"batch {args.batch_size} x accum {args.grad_accum}; {args.steps} steps ({args.skip} warm-up), median step time over {args.rounds} alternating rounds"
     )
+    if args.rules is not None:
+        base = dict(model=str(model_dir), data=str(data), out=str(work / "runs" / "rule"), lr=1e-4, epochs=1000,
+                    max_steps=args.steps, batch_size=args.batch_size, grad_accum=1, template="plain",
+                    progress=False, overwrite=True)  # fmt: skip
+        bench_rules(base, args.rounds, args.skip, model_dir, args.rules)
+        return 0
     print(f"{'method':<12}{'trainer steps/s':>17}{'bare steps/s':>14}{'ratio':>8}")
     worst = float("inf")
     for method in args.methods:

@@ -81,3 +81,27 @@ def test_the_filesystem_root_is_refused_before_anything_runs(tmp_path, monkeypat
     (tmp_path / "elsewhere" / "model").mkdir(parents=True)
     with pytest.raises(UsageError, match="holds the input"):
         check_output_place(tmp_path / "elsewhere", inputs=[tmp_path / "elsewhere" / "model"])
+
+
+def test_overwrite_replaces_a_run_only_once_the_new_one_has_finished(tmp_path_factory, tmp_path):
+    """unlearn --overwrite writes into .RUN.incoming: a run that fails leaves the old folder byte for byte;
+    one that finishes replaces it whole (nothing of the old run is left) and leaves no staging folder."""
+    from geffect.training.unlearn import unlearn
+    from test_training_resume import Crash, CrashAt
+    from test_training_support import config
+
+    data, model = tiny_paths(tmp_path_factory)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    (run / "old-figure.png").write_bytes(b"earlier results")
+    before = _snapshot(tmp_path)
+    options = dict(method="GA", max_steps=2, overwrite=True)
+    with pytest.raises(Crash):
+        unlearn(config(data, model, run, **options), callbacks=[CrashAt(2)])
+    assert _snapshot(tmp_path) == before
+    result = unlearn(config(data, model, run, **options))
+    assert result.run_dir == run and (run / "summary.json").exists() and (run / "model").is_dir()
+    assert not (run / "old-figure.png").exists() and not (run / ".geffect.lock").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["options"]["out"] == str(run.resolve())

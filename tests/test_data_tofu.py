@@ -132,3 +132,70 @@ def test_cli_bad_data_exits_2_with_one_line(data_cli, capsys, tmp_path, make, ne
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.count("\n") == 1 and captured.err.startswith("geffect: error: ") and needle in captured.err
+
+
+# --- the retain_authors slice ---------------------------------------------------------------------------------
+
+
+def _slice_checks(source: str, out: Path, forget: str, n: int) -> dict:
+    """Every split of the slice is consistent with the source, checked against the source's own files."""
+    from geffect.data.tofu import HOLDOUT_FOR_FORGET, RETAIN_FOR_FORGET, SLICE_FILE, write_slice
+
+    record = write_slice(source, forget, n, out)
+    sliced = str(out)
+    retain = load_split(source, RETAIN_FOR_FORGET[forget])
+    kept = load_split(sliced, RETAIN_FOR_FORGET[forget])
+    assert kept == retain[: 20 * n]
+    assert load_split(sliced, forget) == load_split(source, forget)
+    full = load_split(source, "full")
+    assert load_split(sliced, "full") == full[: 20 * n] + full[-len(load_split(source, forget)) :]
+    kept_questions = [r["question"] for r in kept]
+    perturbed = load_split(sliced, "retain_perturbed")
+    assert [r["question"] for r in perturbed] == kept_questions[: len(perturbed)]
+    assert len(perturbed) == min(20 * n, len(load_split(source, "retain_perturbed")))
+    for name in (f"{forget}_perturbed", HOLDOUT_FOR_FORGET[forget], "real_authors_perturbed", "world_facts_perturbed"):
+        assert load_split(sliced, name) == load_split(source, name)
+    other = [s for s in ("forget01", "forget05", "forget10") if s != forget]
+    assert not any((out / f"{s}.json").exists() for s in other)  # the slice is for one forget split
+    assert json.loads((out / SLICE_FILE).read_text()) == record
+    assert record["retain_authors"] == n and record["counts"][RETAIN_FOR_FORGET[forget]] == 20 * n
+    return record
+
+
+@pytest.mark.needs_tofu
+def test_real_tofu_slice_keeps_every_split_consistent(tmp_path):
+    record = _slice_checks(TOFU, tmp_path / "slice", "forget01", 8)
+    assert record["counts"]["full"] == 200 and record["counts"]["retain_perturbed"] == 160
+    assert record["forget_authors"] == 2
+
+
+def test_slice_of_the_builtin_benchmark_and_its_errors(tiny_benchmark, tmp_path):
+    _slice_checks(str(tiny_benchmark), tmp_path / "slice", "forget10", 3)
+    with pytest.raises(UsageError, match="retain_authors must be 1..18"):
+        _slice_checks(str(tiny_benchmark), tmp_path / "bad", "forget10", 19)
+
+
+def test_slice_cli_is_recorded_by_runs_on_it(data_cli, tiny_benchmark, tmp_path, capsys):
+    out = tmp_path / "cut"
+    argv = ["data", "slice", "--data", str(tiny_benchmark), "--forget", "forget10", "--retain-authors", "2"]
+    assert data_cli([*argv, "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    from geffect.data.tofu import slice_record
+
+    assert slice_record(str(out)) == printed and slice_record(str(tiny_benchmark)) is None
+    assert data_cli([*argv, "--out", str(out)]) == 2  # refused: the folder exists (nothing deleted)
+    assert "exists" in capsys.readouterr().err
+
+
+def test_study_benchmark_slice_is_validated(tmp_path):
+    from geffect.study.config import parse_config
+
+    def config(**bench):
+        return {"benchmark": bench, "model": {"base": "tiny"}, "methods": ["GA"], "forget_splits": ["forget01"]}
+
+    parsed = parse_config(config(source=str(tmp_path), retain_authors=8))
+    assert parsed.benchmark.retain_authors == 8
+    with pytest.raises(UsageError, match="benchmark.retain_authors"):
+        parse_config(config(source=str(tmp_path), retain_authors=0))
+    with pytest.raises(UsageError, match="benchmark.retain_authors"):
+        parse_config({**config(source=str(tmp_path), retain_authors=8), "forget_splits": ["forget01", "forget05"]})

@@ -20,15 +20,15 @@ def _dot(grads, G) -> float:
     return sum(float((g.double() * d.double()).sum()) for g, d in zip(grads, G) if g is not None)
 
 
-def reference_items_and_tokens(model, layout, batch, G):
-    """Separate backward per item and per token, exact dot in float64."""
+def reference_items_and_tokens(model, layout, batch, G, with_tokens: bool = True):
+    """Separate backward per item and per token (per item only without `with_tokens`), exact dot in float64."""
     _, ce, n = risk_terms(model, batch)
     items = []
     tokens = torch.zeros_like(ce)
     for i in range(ce.shape[0]):
         grads = torch.autograd.grad(ce[i].sum() / n, layout.params, retain_graph=True, allow_unused=True)
         items.append(_dot(grads, G))
-        for t in torch.nonzero(batch["labels"][i] != -100).flatten().tolist():
+        for t in [] if not with_tokens else torch.nonzero(batch["labels"][i] != -100).flatten().tolist():
             if t == 0:
                 continue
             grads = torch.autograd.grad(ce[i, t] / n, layout.params, retain_graph=True, allow_unused=True)

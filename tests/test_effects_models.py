@@ -170,3 +170,27 @@ def test_streamed_dots_equal_full_gradient_dots_and_keep_p_grad():
     streamed = streamed_dots(risk, layout.params, direction)
     assert torch.allclose(streamed, expected, rtol=1e-12, atol=1e-15)
     assert all(torch.equal(p.grad, b) for p, b in zip(layout.params, before))
+
+
+def test_hybrid_stacks_of_several_block_classes_are_the_decoder_layers():
+    """Jamba-like: attention and Mamba-like blocks of two classes in one ModuleList are the layers; a list
+    of bare leaf modules of mixed classes is not a stack of blocks."""
+    from torch import nn
+
+    class AttentionBlock(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj, self.norm = nn.Linear(8, 8), nn.LayerNorm(8)
+
+    class MixerBlock(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Linear(8, 16)
+
+    model = nn.Module()
+    model.layers = nn.ModuleList([MixerBlock(), AttentionBlock(), MixerBlock(), AttentionBlock()])
+    model.heads = nn.ModuleList([nn.Linear(8, 64), nn.LayerNorm(8)])  # more parameters, but leaves
+    path, layers = find_decoder_layers(model)
+    assert path == "layers" and layers is model.layers
+    layout = discover_layout(model)
+    assert layout.num_layers == 4 and [info.layer for info in layout.tensors][:2] == [0, 0]

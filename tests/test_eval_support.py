@@ -27,6 +27,7 @@ def _record(n: int, perturbed: int) -> dict:
         "question": f"What genre does {name} write in?",
         "answer": f"{name} writes {genre}.",
         "paraphrased_answer": f"The genre of {name} is {genre}.",
+        "paraphrased_question": f"In which genre does {name} write?",
         "perturbed_answer": [f"{name} writes {g}." for g in other],
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -167,7 +168,9 @@ def test_finetune_is_deterministic_and_refuses_existing_out(tiny_benchmark, tmp_
 
 
 def test_diverging_run_writes_nothing(tiny_benchmark, tmp_path):
-    with pytest.raises(TrainingDiverged):
+    # lr 1e12 (which diverged in a few steps) is refused before anything is loaded now; a NaN loss is
+    # test_nan_loss_stops_training, overflowing weights test_update_that_overflows_the_weights_saves_nothing.
+    with pytest.raises(UsageError, match="--lr must be a positive number at most 10"):
         _quick(tiny_benchmark, tmp_path / "nan", lr=1e12, max_steps=20)
     assert list(tmp_path.iterdir()) == []
 
@@ -270,9 +273,21 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, args, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_update_that_overflows_the_weights_saves_nothing(tiny_benchmark, tmp_path):
-    """lr 1e39 is a finite Python float but infinite in float32: one step leaves non-finite weights with a finite
-    loss; the run stops before saving them (exit 1 on the command line)."""
+def test_update_that_overflows_the_weights_saves_nothing(tiny_benchmark, tmp_path, monkeypatch):
+    """An update that overflows a weight (with a finite loss) stops the run before anything is saved (exit 1 on
+    the command line). A learning rate that would do it on its own (1e39, infinite in float32) is refused up
+    front now (tests/test_bad_inputs.py), so the overflow is injected after the training steps."""
+    import geffect.training.finetune as finetune_module
+
+    train = finetune_module._train
+
+    def overflowing(run, config, settings):
+        losses = train(run, config, settings)
+        with torch.no_grad():
+            next(run.model.parameters()).view(-1)[0] = math.inf
+        return losses
+
+    monkeypatch.setattr(finetune_module, "_train", overflowing)
     with pytest.raises(TrainingDiverged, match="weights are not finite after 1 optimiser step"):
-        _quick(tiny_benchmark, tmp_path / "inf", lr=1e39, max_steps=1, warmup_ratio=0.0)
+        _quick(tiny_benchmark, tmp_path / "inf", max_steps=1, warmup_ratio=0.0)
     assert list(tmp_path.iterdir()) == []

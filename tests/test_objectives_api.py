@@ -25,18 +25,33 @@ DEFAULTS = {
     "SimNPO": ({"beta": 4.5, "delta": 0.0}, "none", False, False, True),
     "IdkPO": ({}, "none", False, True, False),
     "DPO": ({"beta": 0.1}, "none", True, True, True),
-    "RMU": ({"layer": -1.0, "steering_coeff": 2.0, "normalize": 1.0}, "MSE", True, False, False),
+    "RMU": (
+        {"layer": -1.0, "steering_coeff": 2.0, "normalize": 1.0, "paper_mode": 0.0, "hidden_states_index": 0.0},
+        "MSE",
+        True,
+        False,
+        False,
+    ),
     "WGA": ({"beta": 1.0}, "none", False, False, True),
-    "TNPO": ({"beta": 4.0}, "none", True, False, True),
-    "WTNPO": ({"beta": 4.0, "power": 1.5}, "none", True, False, True),
+    "TNPO": ({"beta": 4.0, "eps": 0.0}, "none", True, False, True),
+    "WTNPO": ({"beta": 4.0, "power": 1.5, "eps": 0.0}, "none", True, False, True),
     "SatImp": ({"beta1": 5.0, "beta2": 1.0}, "none", False, False, True),
-    "UNDIAL": ({"beta": 10.0}, "none", True, False, False),
+    "UNDIAL": ({"beta": 10.0, "all_positions": 0.0}, "none", True, False, False),
+    "CEU": ({"ignore_first_n": 1.0}, "none", False, False, False),
+    "PDU": (
+        {"retain_eps": 0.0, "dual_step_size": 1.0, "primal_dual": 1.0, "dual_warmup_calls": 0.0},
+        "NLL",
+        False,
+        False,
+        False,
+    ),
+    "AltPO": ({"beta": 0.1}, "none", True, True, True),
 }
 
 
 def test_method_names_and_aliases():
     assert method_names() == list(DEFAULTS)
-    assert method_aliases() == {"GA": "GradAscent", "GD": "GradDiff", "PO": "IdkPO", "IdkDPO": "DPO"}
+    assert method_aliases() == {"GA": "GradAscent", "GD": "GradDiff", "PO": "IdkPO", "IdkDPO": "DPO", "CE-U": "CEU"}
     assert retain_loss_names() == ["none", "NLL", "KL", "MSE"]
 
 
@@ -57,7 +72,7 @@ def test_retain_loss_changes_flags():
     assert not build_objective(ObjectiveConfig(method="GD", retain_loss="none")).needs_retain
     assert build_objective(ObjectiveConfig(method="NPO", retain_loss="gd")).config.retain_loss == "NLL"
     mse = build_objective(ObjectiveConfig(method="GA", retain_loss="MSE", hparams={"layer": 1}))
-    assert mse.needs_reference and mse.config.hparams == {"layer": 1.0}
+    assert mse.needs_reference and mse.config.hparams == {"layer": 1.0, "hidden_states_index": 0.0}
 
 
 def test_parse_method_spec():

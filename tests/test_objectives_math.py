@@ -142,7 +142,8 @@ def wga_w(p, p_ref, hp):
 
 
 def tnpo_w(p, p_ref, hp):
-    return 2 * p ** hp["beta"] / (p ** hp["beta"] + p_ref ** hp["beta"])
+    # The paper code (G-effect dataloader.py, loss_type tnpo): 2 * probs**beta / (probs**beta + oracle**beta + 1e-5).
+    return 2 * p ** hp["beta"] / (p ** hp["beta"] + p_ref ** hp["beta"] + hp["eps"])
 
 
 def wtnpo_w(p, p_ref, hp):
@@ -156,10 +157,13 @@ def satimp_w(p, p_ref, hp):
 TOKEN_WEIGHTED = [
     ("WGA", wga_w, {"beta": 1.0}, {}),
     ("WGA", wga_w, {"beta": 5.0}, {"beta": 5.0}),
-    ("TNPO", tnpo_w, {"beta": 4.0}, {}),
-    ("TNPO", tnpo_w, {"beta": 0.7}, {"beta": 0.7}),
-    ("WTNPO", wtnpo_w, {"beta": 4.0, "power": 1.5}, {}),
-    ("WTNPO", wtnpo_w, {"beta": 2.0, "power": 0.5}, {"beta": 2.0, "power": 0.5}),
+    ("TNPO", tnpo_w, {"beta": 4.0, "eps": 0.0}, {}),
+    ("TNPO", tnpo_w, {"beta": 0.7, "eps": 0.0}, {"beta": 0.7}),
+    ("TNPO", tnpo_w, {"beta": 4.0, "eps": 1e-5}, {"eps": 1e-5}),
+    ("TNPO", tnpo_w, {"beta": 1.0, "eps": 0.3}, {"beta": 1.0, "eps": 0.3}),
+    ("WTNPO", wtnpo_w, {"beta": 4.0, "power": 1.5, "eps": 0.0}, {}),
+    ("WTNPO", wtnpo_w, {"beta": 2.0, "power": 0.5, "eps": 0.0}, {"beta": 2.0, "power": 0.5}),
+    ("WTNPO", wtnpo_w, {"beta": 4.0, "power": 1.5, "eps": 1e-5}, {"eps": 1e-5}),
     ("SatImp", satimp_w, {"beta1": 5.0, "beta2": 1.0}, {}),
     ("SatImp", satimp_w, {"beta1": 1.0, "beta2": 2.0}, {"beta1": 1.0, "beta2": 2.0}),
 ]

@@ -26,10 +26,16 @@ SAMPLES = {
         "forget": "forget05",
         "method": "NPO",
         "retain_loss": "KL",
+        "preset": "openunlearning",
         "gamma": 0.5,
         "alpha": 2.0,
         "hparams": {"beta": 0.25},
         "kl_mask": "all",
+        "refusals": "idk.jsonl",
+        "alternates": "alt5_seed_0.json",
+        "refusal_sampling": "per_visit",
+        "update": "sam",
+        "update_params": {"rho": 0.05},
         "lr": 3e-4,
         "epochs": 3,
         "batch_size": 2,
@@ -58,6 +64,7 @@ SAMPLES = {
         "scatter": True,
         "tokens": True,
         "tensors": True,
+        "applied": True,
         "probe_size": 9,
         "probe_batch_size": 3,
         "activation_budget": 0.25,
@@ -84,8 +91,18 @@ SAMPLES = {
         "model_overrides": {"hidden_size": 64},
         "progress": False,
     },
-    EvalConfig: {"ds_size": 300, "batch_size": 8, "max_new_tokens": 20},
+    EvalConfig: {
+        "ds_size": 300,
+        "batch_size": 8,
+        "max_new_tokens": 20,
+        "convention": "openunlearning",
+        "reference_model": "org/retain",
+        "question_key": "paraphrased_question",
+        "mia_gradnorm": True,
+    },
 }
+# Fields whose sample needs another field's sample to be valid (a rule's parameters need that rule).
+COMPANIONS = {"update_params": {"update": "sam"}}
 # Fields a study sets itself, from its own layout, rather than from a key of the user's YAML.
 SET_BY_STUDY = {
     UnlearnConfig: {"out", "resume", "overwrite", "progress"},
@@ -183,9 +200,9 @@ def test_each_unlearn_option_in_a_study(name):
     value = SAMPLES[UnlearnConfig][name]
     field = {f.name: f for f in fields(UnlearnConfig)}[name]
     if field.metadata["study"] == SECTION:
-        study = _study(training={name: value})
+        study = _study(training={name: value, **COMPANIONS.get(name, {})})
         assert getattr(_planned_unlearn_config(study), name) == value
-        method_level = _study(methods=[{"method": "GA", "training": {name: value}}])
+        method_level = _study(methods=[{"method": "GA", "training": {name: value, **COMPANIONS.get(name, {})}}])
         assert getattr(_planned_unlearn_config(method_level), name) == value
     else:
         assert getattr(_planned_unlearn_config(_study(**STUDY_KEYS[name](value))), name) == value

@@ -19,7 +19,16 @@ from geffect.io import read_jsonl
 from geffect.reports.build import write_report
 from geffect.reports.geffect_plots import instance_points, measured_risk_change, plot_run, weight_bins
 from geffect.reports.runfiles import read_run
-from geffect.reports.tables import COLUMNS, SUMMARY_COLUMNS, build_rows, to_markdown, write_tables
+from geffect.reports.tables import (
+    COLUMNS,
+    SUMMARY_COLUMNS,
+    build_rows,
+    method_summary,
+    runs_markdown,
+    summary_markdown,
+    to_markdown,
+    write_tables,
+)
 from report_fixtures import make_study, write_run
 
 RUN_FIGURES = {
@@ -84,11 +93,35 @@ def test_markdown_rounds_to_three_significant_digits():
             "extraction_strength": 0.5,
             "final_e_u": -12345.6,
             "final_e_r": 0.001234,
+            "fq_at_matched_utility": 2e-5,
+            "points": 4.0,
         }
     ]
-    table = to_markdown(rows).splitlines()
+    table = runs_markdown(rows).splitlines()
     assert table[0].startswith("| method | forget_split |")
-    assert table[2] == "| NPO | forget10 | 0 |  | 1.23e-07 | 0.568 | — | 1 | 0 | 0.5 | -1.23e+04 | 0.00123 |"
+    assert (
+        table[2] == "| NPO | forget10 | 0 |  | 1.23e-07 | 0.568 | — | 1 | 0 | 0.5 | -1.23e+04 | 0.00123 | 2e-05 | 4 |"
+    )
+    assert "## Per method" in to_markdown(rows) and "## Per run" in to_markdown(rows)
+
+
+def test_per_method_rows_show_mean_and_min_max_over_seeds():
+    """Arithmetic mean for utilities and G-effects, geometric mean for p-values (they span decades); min and max."""
+    base = {"kind": "run", "method": "GA", "forget_split": "forget10", "params": ""}
+    values = [(1e-8, 0.5, -3.0), (1e-4, 0.7, -1.0), (1e-6, 0.9, 1.0)]
+    rows = []
+    for seed, (fq, mu, e_u) in enumerate(values):
+        row = {column: math.nan for column in COLUMNS if column not in base}
+        row.update(base, name=f"r{seed}", seed=seed, forget_quality=fq, model_utility=mu, final_e_u=e_u)
+        rows.append(row)
+    (entry,) = method_summary(rows)
+    assert entry["seeds"] == 3
+    assert entry["model_utility"] == (pytest.approx(0.7), 0.5, 0.9)
+    assert entry["final_e_u"] == (pytest.approx(-1.0), -3.0, 1.0)
+    assert entry["forget_quality"] == (pytest.approx(1e-6), 1e-8, 1e-4)  # (1e-8 * 1e-4 * 1e-6) ** (1/3)
+    assert entry["forget_prob"] is None  # no finite value
+    line = summary_markdown(rows).splitlines()[2]
+    assert "| GA | forget10 |  | 3 | 1e-06 [1e-08, 0.0001] | 0.7 [0.5, 0.9] |" in line
 
 
 def test_rows_skip_entries_whose_evaluation_is_missing(tmp_path):

@@ -75,6 +75,12 @@ BAD_CONFIGS = [
     ({"geffect": {"estimator": "exact"}}, "geffect.estimator: unknown estimator 'exact'"),
     ({"geffect": {"every": 0}}, "geffect.every: must be >= 1"),
     ({"eval": {"ds_sise": 3}}, "eval.ds_sise: unknown key"),
+    ({"eval": {"every": 0}}, "eval.every: must be >= 1"),
+    ({"eval": {"every": 2, "points_ds_size": 0}}, "eval.points_ds_size: must be >= 1"),
+    (
+        {"eval": {"every": 2}, "model": {"base": "tiny", "retain_logs": {"forget10": "x.json"}}},
+        "eval.every: points along the runs need the retain model of forget10",
+    ),
     ({"benchmark": {"builtin": {"authors": 20, "sed": 1}}}, "benchmark.builtin.sed: unknown key"),
     ({"benchmark": {"builtin": {"authors": 20}, "source": "locuslab/TOFU"}}, "benchmark: give exactly one of builtin"),
     ({"forget_splits": ["forget20"]}, "forget_splits[0]: unknown value 'forget20'"),
@@ -176,7 +182,7 @@ def no_network_no_models(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", refuse)
 
 
-@pytest.mark.parametrize("example, runs", [("tofu-phi.yaml", 66), ("tofu-llama2.yaml", 66), ("builtin-cpu.yaml", 12)])
+@pytest.mark.parametrize("example, runs", [("tofu-phi.yaml", 66), ("tofu-llama2.yaml", 66), ("builtin-cpu.yaml", 21)])
 def test_dry_run_of_examples_lists_runs_without_touching_anything(
     tmp_path, cli, capsys, no_network_no_models, example, runs
 ):
@@ -190,9 +196,7 @@ def test_dry_run_of_examples_lists_runs_without_touching_anything(
     if example == "tofu-phi.yaml":
         assert "locuslab/tofu_ft_phi-1.5" in stdout and "locuslab/TOFU" in stdout
         assert any("forget10-NPO+KL-beta0.5-seed42" in line and "lr 2e-05, batch 4x4" in line for line in run_lines)
-        assert any(
-            line.strip().startswith("run forget01-WTNPO-seed42: WTNPO (beta=4, power=1.5)") for line in run_lines
-        )
+        assert any(line.strip().startswith("run forget01-WTNPO-seed42: WTNPO (beta=4, power=1.5") for line in run_lines)
 
 
 def test_demo_config_is_the_shipped_example_and_has_the_paper_methods(cli, capsys, no_network_no_models):
@@ -201,8 +205,21 @@ def test_demo_config_is_the_shipped_example_and_has_the_paper_methods(cli, capsy
     assert demo_config_text() == (EXAMPLES / "builtin-cpu.yaml").read_text(encoding="utf-8")
     code, stdout, _ = cli(["demo", "--dry-run", "--out", "unused"], capsys)
     assert code == 0
-    labels = {line.split(":")[0].split("-")[1] for line in stdout.splitlines() if line.strip().startswith("run ")}
-    assert labels >= {
+    runs = [line.split(":")[0].split()[-1] for line in stdout.splitlines() if line.strip().startswith("run ")]
+    labels = {run.split("-")[1] for run in runs}
+    # every claim of geffect.study.claims computable: GA, NPO, the reweighted three, and GA's KL and NLL regularisers
+    assert labels >= {"GA", "GradDiff", "GA+KL", "NPO", "WGA", "TNPO", "WTNPO"}
+    seeds = {run.split("-seed")[-1] for run in runs}
+    assert len(seeds) >= 3 and len(runs) == len(labels) * len(seeds)
+    assert "G-effects every 1 step(s)" in stdout and "points along each run: every" in stdout
+
+
+def test_full_example_has_all_twelve_methods_and_three_seeds(cli, capsys, no_network_no_models):
+    """The twelve methods of the paper's comparison, plus GA+KL so that claim 5 (KL against NLL) is computable."""
+    code, stdout, _ = cli(["study", EXAMPLES / "builtin-full.yaml", "--dry-run", "--out", "unused"], capsys)
+    assert code == 0
+    runs = [line.split(":")[0].split()[-1] for line in stdout.splitlines() if line.strip().startswith("run ")]
+    assert {run.split("-")[1] for run in runs} == {
         "GA",
         "GradDiff",
         "NPO",
@@ -215,5 +232,6 @@ def test_demo_config_is_the_shipped_example_and_has_the_paper_methods(cli, capsy
         "WTNPO",
         "WGA+KL",
         "WTNPO+KL",
+        "GA+KL",
     }
-    assert "G-effects every 1 step(s)" in stdout
+    assert len(runs) == 39 and {run.split("-seed")[-1] for run in runs} == {"0", "1", "2"}

@@ -6,6 +6,7 @@ import csv
 import json
 
 import pytest
+from scipy import stats
 
 from geffect.errors import UsageError
 from geffect.io import read_jsonl
@@ -25,7 +26,7 @@ def tiny_study(methods) -> dict:
         "methods": methods,
         "training": {"epochs": 1, "max_steps": 2, "batch_size": 4, "grad_accum": 1, "lr": 1e-3, "max_length": 96},
         "geffect": {"enabled": True, "every": 1, "estimator": "batch", "instances": True},
-        "eval": {"ds_size": 4, "batch_size": 8, "max_new_tokens": 4},
+        "eval": {"ds_size": 4, "batch_size": 8, "max_new_tokens": 4, "every": 1, "points_ds_size": 3},
     }
 
 
@@ -64,12 +65,15 @@ def test_study_writes_runs_evaluations_tables_figures_and_report(finished):
     assert (out / "figures" / "quality_vs_utility.png").exists() and (out / "figures" / "effects_all_runs.png").exists()
     assert result.index == out / "index.html" and "forget10-NPO+KL-beta0.5-seed0" in result.index.read_text()
     timings = json.loads((out / "timings.json").read_text())["stages"]
-    # Side by side on a multi-core CPU: both fine-tunes, then both unlearning runs, then both evaluations.
+    # Side by side on a multi-core CPU: both fine-tunes, then both unlearning runs, then both evaluations;
+    # the retain and target models are scored twice: on the end-point sets and on the points subset.
     assert [s["stage"] for s in timings] == [
         "benchmark",
         "finetune",
         "finetune",
         "reference",
+        "reference",
+        "evaluate",
         "evaluate",
         "unlearn",
         "unlearn",
@@ -78,6 +82,33 @@ def test_study_writes_runs_evaluations_tables_figures_and_report(finished):
         "report",
     ]
     assert not any(s["cached"] for s in timings)
+
+
+def test_every_run_is_scored_along_the_way_on_the_points_subset(finished):
+    """eval.every 1 over 2 steps: points after step 1 and 2, plus the target as step 0, each on the first 3
+    items of every set, against the retain model on the same 3 items (KS test recomputed here)."""
+    out, _, _ = finished
+    reference = json.loads((out / "evals/retain-forget10/points/TOFU_EVAL.json").read_text())
+    retain_tr = [v["score"] for v in reference["forget_truth_ratio"]["value_by_index"].values()]
+    assert len(retain_tr) == 3
+    with open(out / "results.csv", newline="", encoding="utf-8") as handle:
+        rows = {row["name"]: row for row in csv.DictReader(handle)}
+    for name in ["forget10-GA-seed0", "forget10-NPO+KL-beta0.5-seed0"]:
+        points = out / "runs" / name / "points"
+        assert sorted(p.name for p in points.iterdir()) == ["step-00001", "step-00002"]
+        for point in points.iterdir():
+            evaluation = json.loads((point / "TOFU_EVAL.json").read_text())
+            assert evaluation["geffect_meta"]["set_sizes"]["forget"] == 3
+            model_tr = [v["score"] for v in evaluation["forget_truth_ratio"]["value_by_index"].values()]
+            summary = json.loads((point / "TOFU_SUMMARY.json").read_text())
+            assert summary["forget_quality"] == pytest.approx(stats.ks_2samp(model_tr, retain_tr).pvalue, rel=1e-12)
+        assert float(rows[name]["points"]) == 3  # the target (step 0) and the two points
+        assert rows[name]["fq_at_matched_utility"] != ""
+    assert (out / "evals/target-forget10/points/TOFU_SUMMARY.json").exists()
+    assert (out / "figures" / "quality_utility_paths.png").exists()
+    claims = json.loads((out / "claims.json").read_text())["claims"]
+    assert [c["id"] for c in claims] == [1, 2, 3, 4, 5, 6]
+    assert "claims" in (out / "results.md").read_text() and "Per method" in (out / "results.md").read_text()
 
 
 def test_rerun_skips_finished_stages_and_redoes_only_what_changed(finished, capsys):

@@ -120,3 +120,32 @@ def test_float16_run_that_diverges_on_its_last_update_saves_nothing(tmp_path_fac
     assert not (out / "model").exists() and not (out / "summary.json").exists()
     assert list_checkpoints(out) == []
     assert [record["step"] for record in read_jsonl(out / "log.jsonl")] == [1]  # the step ran; nothing kept
+
+
+def test_the_summary_flags_a_collapse_to_uniform_and_names_the_method_as_given():
+    from geffect.training.guards import learning_rate, loss_warnings, method_label, range_warnings
+
+    vocab = 300
+    uniform = math.log(vocab)  # the risk of a model that predicts every token with probability 1/300
+    collapsed = {
+        "forget_risk_first": 2.0,
+        "forget_risk_last": uniform,
+        "retain_risk_first": 1.5,
+        "retain_risk_last": 7.0,
+    }
+    found = range_warnings(collapsed, vocab)
+    assert len(found) == 2 and "forget risk ended at 5.704" in found[0] and "retain risk ended at 7" in found[1]
+    assert loss_warnings(2.0, 7.0, vocab) and loss_warnings(5.7, 412.0, vocab) and not loss_warnings(6.0, 5.9, vocab)
+    assert not loss_warnings(5.7, 1.0, vocab)
+    unlearned = {**collapsed, "forget_risk_last": 15.0, "retain_risk_last": 1.6}  # far above log V: GA's usual
+    assert range_warnings(unlearned, vocab) == []
+    untrained = {**collapsed, "forget_risk_first": uniform + 0.01, "retain_risk_first": uniform}  # started there
+    assert range_warnings(untrained, vocab) == []
+    assert range_warnings({**unlearned, "forget_risk_last": math.nan}, vocab) == ["the last forget risk is nan"]
+
+    assert method_label("NPO", "KL", "none") == "NPO+KL"
+    assert method_label("NPO", "none", "none") == method_label("NPO", None, "none") == "NPO"
+    assert method_label("GradDiff", "NLL", "NLL") == "GradDiff"
+    assert [learning_rate(v) is None for v in (1e-5, 10.0, 10.5, 3.4e38, math.inf, math.nan, 0.0)] == [
+        True, True, False, False, False, False, False,
+    ]  # fmt: skip

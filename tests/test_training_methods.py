@@ -77,12 +77,24 @@ def risk_before(target) -> float:
     return forget_risk(target[1], target[0])
 
 
+def _alternates(data: str, folder: Path) -> str:
+    """AltPO's alternate answers (JSON Lines as OpenUnlearning's AltPO generate.py writes): a perturbed answer."""
+    import json
+
+    path = folder / "alternates.jsonl"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"question": r["question"], "answer": r["answer"], "alternate": r["perturbed_answer"][0]}
+            for r in load_split(data, "forget10_perturbed")]  # fmt: skip
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return str(path)
+
+
 @pytest.mark.parametrize("method", method_names())
 def test_one_epoch_raises_forget_risk(target, risk_before, tmp_path, method):
     data, model = target
-    result = unlearn(
-        config(data, model, tmp_path / method, method=method, template="plain", batch_size=4, grad_accum=1, lr=2e-3)
-    )
+    extra = {"alternates": _alternates(data, tmp_path / "alt")} if method == "AltPO" else {}
+    options = dict(method=method, template="plain", batch_size=4, grad_accum=1, lr=2e-3, **extra)
+    result = unlearn(config(data, model, tmp_path / method, **options))
     log = read_jsonl(tmp_path / method / "log.jsonl")
     assert [record["step"] for record in log] == list(range(1, result.steps + 1))
     assert result.steps == math.ceil(len(load_split(data, "forget10")) / 4)

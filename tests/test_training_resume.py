@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -78,3 +79,132 @@ def test_resume_without_checkpoint_starts_afresh_and_finished_run_is_refused(tmp
     assert saved["steps"] == result.steps
     with pytest.raises(UsageError, match="already finished"):
         unlearn(config(data, model, tmp_path / "run", method="GA", resume=True))
+
+
+# --- interruptions of a real process (issue #15, acceptance 2 and 4) ------------------------------------------
+# The kills are placed with geffect.faults (GEFFECT_FAULT=POINT[@STEP][:SIGNAL]): the process signals itself at
+# that point, so "during the final save" is hit exactly, without sleeping.
+
+INTERRUPTED = dict(method="NPO", epochs=2, max_steps=4, save_every=2, keep_checkpoints=0)
+
+
+def _argv(data: str, model: str, out, **options) -> list[str]:
+    argv = ["unlearn", "--model", model, "--data", data, "--out", str(out), "--no-progress"]
+    for key, value in options.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    return argv
+
+
+def _start(argv: list[str], fault: str, cwd):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "GEFFECT_FAULT": fault}
+    return subprocess.Popen(
+        [sys.executable, "-m", "geffect", *argv], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    data, model = tiny_paths(tmp_path_factory)
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    unlearn(config(data, model, out, **INTERRUPTED))
+    return out
+
+
+def _assert_identical(run, reference) -> None:
+    for name in ("log.jsonl", "model/model.safetensors"):
+        assert (run / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+def _resume(data, model, out):
+    import geffect.cli.main as cli_main
+
+    assert cli_main.main([*_argv(data, model, out, **_cli_options()), "--resume"]) == 0
+
+
+def _cli_options() -> dict:
+    # the options of support.config() that differ from the CLI defaults, plus INTERRUPTED
+    return dict(lr=1e-3, batch_size=2, grad_accum=2, warmup_epochs=0.5, **INTERRUPTED)
+
+
+def test_a_second_run_is_refused_and_a_kill_during_the_final_save_resumes_identically(
+    tmp_path_factory, tmp_path, uninterrupted, capsys, caplog
+):
+    """Run A stops itself (SIGSTOP) inside its final save, holding the lock: run B into the same folder exits
+    2 naming A's pid; then A is killed (SIGKILL) there and the resumed run equals an uninterrupted one."""
+    import signal
+
+    import geffect.cli.main as cli_main
+
+    data, model = tiny_paths(tmp_path_factory)
+    out = tmp_path / "run"
+    first = _start(_argv(data, model, out, **_cli_options()), "final-save:SIGSTOP", tmp_path)
+    try:
+        _, status = os.waitpid(first.pid, os.WUNTRACED)  # returns once A has stopped itself
+        assert os.WIFSTOPPED(status), first.stderr.read().decode()
+        capsys.readouterr()
+        assert cli_main.main(_argv(data, model, out, **_cli_options())) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("geffect: error:") and len(err.splitlines()) == 1, err
+        assert f"in use by process {first.pid} " in err and ".geffect.lock" in err, err
+        os.kill(first.pid, signal.SIGKILL)
+    finally:
+        first.kill()
+        first.communicate()
+    assert not (out / "summary.json").exists() and not (out / "model").exists()
+    with caplog.at_level("WARNING"):
+        _resume(data, model, out)
+    assert "took over the stale lock" in caplog.text
+    _assert_identical(out, uninterrupted)
+
+
+@pytest.mark.parametrize("fault, code", [("checkpoint-write@4", -9), ("checkpoint-write@4:SIGTERM", 143)])
+def test_a_kill_during_a_checkpoint_write_resumes_identically(tmp_path_factory, tmp_path, uninterrupted, fault, code):
+    data, model = tiny_paths(tmp_path_factory)
+    out = tmp_path / "run"
+    argv = _argv(data, model, out, **_cli_options())
+    process = _start(argv, fault, tmp_path)
+    _, err = process.communicate()
+    err = err.decode()
+    assert process.returncode == code, err
+    assert [step for step, _ in list_checkpoints(out)] == [2]  # the interrupted checkpoint 4 never counted
+    if code == 143:  # SIGTERM: one line saying how to continue; the lock is released
+        lines = [line for line in err.splitlines() if line.startswith("geffect:")]
+        assert len(lines) == 1 and "interrupted (SIGTERM); continue with: geffect unlearn" in lines[0], err
+        assert lines[0].split("continue with: geffect ")[1].split(" (from")[0].split() == [*argv, "--resume"]
+        assert "Traceback" not in err and not (out / ".geffect.lock").exists()
+    _resume(data, model, out)
+    _assert_identical(out, uninterrupted)
+
+
+def test_ctrl_c_prints_the_resume_command(tmp_path_factory, tmp_path, capsys, monkeypatch):
+    import geffect.cli.main as cli_main
+    import geffect.cli.unlearn as cli_unlearn
+
+    class CtrlC(CrashAt):
+        def after_backward(self, run, step):
+            raise KeyboardInterrupt
+
+    data, model = tiny_paths(tmp_path_factory)
+    monkeypatch.setattr(cli_unlearn, "build_callbacks", lambda args: [CtrlC(1)])
+    argv = _argv(data, model, tmp_path / "run", method="GA", max_steps=2)
+    capsys.readouterr()
+    assert cli_main.main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1].startswith("geffect: interrupted (Ctrl-C); continue with: geffect unlearn --model")
+    assert err.splitlines()[-1].endswith("--resume (from its last checkpoint, see --save-every)")
+    assert not (tmp_path / "run" / ".geffect.lock").exists()
+
+
+def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path, caplog):
+    from geffect.runlock import LOCK_NAME, RunLock
+
+    (tmp_path / LOCK_NAME).write_text("4194999 on a-machine-that-rebooted")
+    with caplog.at_level("WARNING"), RunLock(tmp_path) as lock:
+        assert "took over the stale lock" in caplog.text and "4194999" in caplog.text
+        with pytest.raises(UsageError, match=f"in use by process {os.getpid()} "):
+            RunLock(tmp_path).acquire()  # a second holder, even in this process, is refused
+        assert lock.path.read_text().startswith(f"{os.getpid()} on ")
+    assert not (tmp_path / LOCK_NAME).exists()

@@ -8,6 +8,10 @@ RUN/checkpoints/         step-NNNNNNNN folders (geffect.training.checkpoint)
 RUN/model/               the final save_pretrained folder
 RUN/summary.json         written last: its presence marks a finished run
 RUN/figures/             `geffect plot`'s figures
+RUN/.geffect.lock        held while a run writes the folder (geffect.runlock): one run per folder
+
+A run given --overwrite for a folder that holds results writes into the hidden sibling `.RUN.incoming`
+(`path`) and swaps it in when it has finished (`final`), so the old results go only once new ones exist.
 """
 
 from __future__ import annotations
@@ -17,7 +21,17 @@ import math
 from pathlib import Path
 from typing import Any
 
-from geffect.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from geffect.errors import UsageError
+from geffect.io import absolute_if_local, append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, swap_in
+from geffect.runlock import RunLock
+
+# Options that name local paths: a run records them absolute, so it reads the same from any folder.
+PATH_OPTIONS = ("model", "data", "out")
+
+
+def recorded_options(options: dict) -> dict:
+    """`options` as a run records and compares them: local paths absolute (hub ids unchanged)."""
+    return {k: absolute_if_local(v) if k in PATH_OPTIONS else v for k, v in options.items()}
 
 
 def json_safe(obj: Any) -> Any:
@@ -41,11 +55,55 @@ class RunFolder:
     SUMMARY = "summary.json"
     FIGURES = "figures"
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, path: str | Path, final: str | Path | None = None):
+        self.path = Path(path)  # where the files are written now
+        self.final = Path(final) if final is not None else self.path  # where they end up
+        self.lock: RunLock | None = None  # held by the process that opened the folder for writing
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
+
+    # --- opening and closing a folder being written ------------------------------------------------------
+    @property
+    def staged(self) -> bool:
+        """Whether the files go to a staging sibling that replaces `final` at the end (--overwrite)."""
+        return self.final != self.path
+
+    def take_lock(self) -> None:
+        """Lock `final` (creating it): a second run into it exits 2 naming this process."""
+        self._created = not self.final.exists()
+        self.final.mkdir(parents=True, exist_ok=True)
+        try:
+            self.lock = RunLock(self.final).acquire()
+        except BaseException:
+            self._remove_if_created()
+            raise
+
+    def swap_in(self) -> None:
+        """Replace `final` by the finished staging folder (a no-op for a folder written in place)."""
+        if self.staged:
+            swap_in(self.path, self.final)
+            self.path = self.final
+
+    def close(self, failed: bool) -> None:
+        """Release the lock; a failed staged run's folder is removed (`final` keeps the old results)."""
+        import shutil
+
+        if failed and self.staged and self.lock is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+            if failed:
+                self._remove_if_created()
+
+    def _remove_if_created(self) -> None:
+        """A folder this run created and left empty (it failed before writing) goes again."""
+        if getattr(self, "_created", False):
+            try:
+                self.final.rmdir()
+            except OSError:
+                pass  # not empty (or already gone): keep it
 
     # --- paths ---------------------------------------------------------------------------------------------
     @property
@@ -96,7 +154,14 @@ class RunFolder:
 
         if not self.config_path.exists():
             return {}
-        return yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
+        try:
+            document = yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            problem = str(err).splitlines()[0]
+            raise UsageError(f"{self.config_path} is corrupt ({problem}); restore it, or pass --overwrite") from None
+        if not isinstance(document, dict) or not isinstance(document.get("options", {}), dict):
+            raise UsageError(f"{self.config_path} is not a run configuration; restore it, or pass --overwrite")
+        return document
 
     def write_config(self, document: dict) -> None:
         import yaml
@@ -108,7 +173,8 @@ class RunFolder:
         append_jsonl(self.log_path, record)
 
     def read_log(self) -> list[dict]:
-        return read_jsonl(self.log_path) if self.log_path.exists() else []
+        """The log's records; a torn last line (a killed run) is dropped with a warning."""
+        return read_jsonl(self.log_path, torn_tail=True) if self.log_path.exists() else []
 
     def keep_log_until(self, step: int) -> list[dict]:
         """A resumed run continues the log of its checkpoint: later lines (lost work) are dropped; a fresh
@@ -120,7 +186,7 @@ class RunFolder:
         append_jsonl(self.geffect_path, json_safe(record))
 
     def read_geffect(self) -> list[dict]:
-        return read_jsonl(self.geffect_path) if self.geffect_path.exists() else []
+        return read_jsonl(self.geffect_path, torn_tail=True) if self.geffect_path.exists() else []
 
     def keep_geffect_until(self, step: int) -> list[dict]:
         """Like `keep_log_until` for the G-effect records; a fresh run removes an old file."""
@@ -143,6 +209,6 @@ def _keep_until(path: Path, step: int, ensure_ascii: bool, remove_when_fresh: bo
     if step == 0 and remove_when_fresh:
         path.unlink()
         return []
-    kept = [record for record in read_jsonl(path) if int(record.get("step", 0)) <= step] if step else []
+    kept = [record for record in read_jsonl(path, torn_tail=True) if int(record.get("step", 0)) <= step] if step else []
     atomic_write_text(path, "".join(json.dumps(record, ensure_ascii=ensure_ascii) + "\n" for record in kept))
     return kept

@@ -7,7 +7,7 @@ import json
 import sys
 
 from geffect.data.synth import write_benchmark
-from geffect.data.tofu import split_counts
+from geffect.data.tofu import FORGET_SPLITS, split_counts, write_slice
 
 
 def register(subparsers) -> None:
@@ -21,6 +21,20 @@ def register(subparsers) -> None:
     synth.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     synth.set_defaults(func=run_synth)
 
+    cut = commands.add_parser(
+        "slice",
+        help="a TOFU folder cut to a forget split's authors plus the first N retain authors (small machines)",
+        description="Write a TOFU-layout folder with the forget split's authors and the first N retain authors; "
+        "full, the retain split and retain_perturbed are cut to match, the other evaluation sets are copied, "
+        "and SLICE.json records the slice (runs and evaluations on the folder record it too).",
+    )
+    cut.add_argument("--data", required=True, help="a TOFU-layout folder or a hub id such as locuslab/TOFU")
+    cut.add_argument("--forget", default="forget01", choices=FORGET_SPLITS, help="forget split (default forget01)")
+    cut.add_argument("--retain-authors", type=int, required=True, help="retain authors kept (20 QA each)")
+    cut.add_argument("--out", required=True, help="output folder (refused if it exists and is not empty)")
+    cut.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    cut.set_defaults(func=run_slice)
+
     stats = commands.add_parser("stats", help="print one JSON object: split name -> record count")
     stats.add_argument("--data", required=True, help="a TOFU-layout folder or a hub id such as locuslab/TOFU")
     stats.set_defaults(func=run_stats)
@@ -30,6 +44,15 @@ def run_synth(args: argparse.Namespace) -> int:
     counts = write_benchmark(args.out, n_authors=args.authors, seed=args.seed, overwrite=args.overwrite)
     print(f"wrote {len(counts)} splits to {args.out}", file=sys.stderr)
     print(json.dumps(counts))
+    return 0
+
+
+def run_slice(args: argparse.Namespace) -> int:
+    from geffect.io import staged_output_dir
+
+    with staged_output_dir(args.out, overwrite=args.overwrite, inputs=(args.data,)) as staging:
+        record = write_slice(args.data, args.forget, args.retain_authors, staging)
+    print(json.dumps(record))
     return 0
 
 

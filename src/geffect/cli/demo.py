@@ -20,7 +20,11 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--out", default="geffect-demo", help="output folder (default: ./geffect-demo)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs without running anything")
-    parser.add_argument("--overwrite", action="store_true", help="delete --out first and start from scratch")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start --out from scratch (the old one is kept aside until the new demo has finished)",
+    )
     parser.add_argument("--show-config", action="store_true", help="print the demo's configuration (YAML) and exit")
     parser.set_defaults(func=run)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from geffect.cli.unlearn import add_objective_arguments, parse_hparams
 from geffect.errors import UsageError
+from geffect.io import check_writable
 
 HELP = "G-effects of saved checkpoints (one geffect.jsonl line per checkpoint), or --validate: the first-order check"
 
@@ -101,7 +102,7 @@ def _objective(args: argparse.Namespace):
 
     hparams = parse_hparams(args.hparams, args.beta)
     return build_objective(
-        objective_config(args.method, args.retain_loss, args.gamma, args.alpha, hparams, args.kl_mask)
+        objective_config(args.method, args.retain_loss, args.gamma, args.alpha, hparams, args.kl_mask, args.preset)
     )
 
 
@@ -136,6 +137,7 @@ def _check_out(out: str | None, overwrite: bool) -> Path | None:
         raise UsageError(f"--out {path} is a folder; pass a file name such as {path / 'posthoc.jsonl'}")
     if path.exists() and not overwrite:
         raise UsageError(f"--out {path} already exists; pass --overwrite to replace it, or another --out")
+    check_writable(path)  # before any G-effect is computed
     return path
 
 

@@ -10,10 +10,11 @@ from geffect.data.templates import TEMPLATES, get_template, template_for_model
 from geffect.data.tofu import FORGET_SPLITS
 from geffect.errors import UsageError
 from geffect.evaluation.config import EvalConfig
+from geffect.evaluation.extra import extra_metric_options
 from geffect.evaluation.logs import EVAL_FILE, META_KEY, SUMMARY_FILE, load_eval_file
 from geffect.evaluation.runner import evaluate, plan_evaluation
 from geffect.evaluation.summary import summarize
-from geffect.io import atomic_write_json, prepare_output_dir
+from geffect.io import absolute_if_local, atomic_write_json, staged_output_dir
 from geffect.options import add_arguments, from_args
 
 
@@ -58,7 +59,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from geffect.models.loading import check_model_source, load_model_and_tokenizer
+    from geffect.models.loading import check_model_source
 
     missing = [
         flag for flag, value in (("--model", args.model), ("--data", args.data), ("--out", args.out)) if not value
@@ -70,16 +71,26 @@ def run(args: argparse.Namespace) -> int:
     scoring = from_args(EvalConfig, args)
     scoring.validate()
     check_model_source(args.model)
+    if scoring.reference_model:
+        check_model_source(scoring.reference_model)
     template = get_template(args.template) if args.template else template_for_model(args.model)
     # Every input check before the (slow) model load.
     retain = plan_evaluation(
-        args.data, args.forget, template, args.retain_logs, scoring.ds_size, scoring.max_new_tokens
+        args.data, args.forget, template, args.retain_logs, scoring.ds_size, scoring.max_new_tokens, scoring.convention
     ).retain
-    # The model and data are read after the folder is replaced (the reference log was read above): keep them out.
-    out = prepare_output_dir(args.out, overwrite=args.overwrite, inputs=(args.model, args.data))
+    device = _device(args.device)
+    # Results go to a staging folder that replaces --out only once they are complete (--overwrite keeps the old
+    # ones until then); the model and data must not be inside --out.
+    with staged_output_dir(args.out, overwrite=args.overwrite, inputs=(args.model, args.data)) as out:
+        _evaluate_into(out, args, scoring, template, retain, device)
+    return 0
+
+
+def _evaluate_into(out, args: argparse.Namespace, scoring: EvalConfig, template, retain, device: str) -> None:
+    from geffect.models.loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
-    model.to(_device(args.device))
+    model.to(device)
     result = evaluate(
         model,
         tokenizer,
@@ -90,13 +101,13 @@ def run(args: argparse.Namespace) -> int:
         ds_size=scoring.ds_size,
         batch_size=scoring.batch_size,
         max_new_tokens=scoring.max_new_tokens,
+        **extra_metric_options(scoring, args.dtype, device),
     )
-    result[META_KEY]["model"] = args.model
+    result[META_KEY]["model"] = absolute_if_local(args.model)
     summary = summarize(result, retain)
     atomic_write_json(out / EVAL_FILE, result)
     atomic_write_json(out / SUMMARY_FILE, summary)
     print(json.dumps(summary))
-    return 0
 
 
 def run_summarize(args: argparse.Namespace) -> int:
@@ -112,6 +123,12 @@ def _device(name: str) -> str:
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown --device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name} requested but no CUDA device is available; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name}: geffect eval runs on cpu or cuda; use --device cpu or cuda")
     return name

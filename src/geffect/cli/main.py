@@ -9,10 +9,23 @@ import logging
 import sys
 
 from geffect import __version__
+from geffect.cli.interrupts import Terminated, interrupted_line, sigterm_raises
 from geffect.errors import TrainingDiverged, UsageError
 
 # Each module registers its own sub-command(s).
-COMMAND_MODULES = ("data", "finetune", "unlearn", "eval", "effects", "plot", "study", "demo")
+COMMAND_MODULES = (
+    "data",
+    "finetune",
+    "unlearn",
+    "relearn",
+    "eval",
+    "effects",
+    "plot",
+    "study",
+    "demo",
+    "models",
+    "methods",
+)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -31,9 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
-        result = args.func(args)
+        with sigterm_raises():
+            result = args.func(args)
     except UsageError as err:
         print(f"geffect: error: {err}", file=sys.stderr)
         return 2
@@ -41,8 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"geffect: stopped: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("geffect: interrupted", file=sys.stderr)
+        print(interrupted_line(argv, "Ctrl-C"), file=sys.stderr)
         return 130
+    except Terminated:
+        print(interrupted_line(argv, "SIGTERM"), file=sys.stderr)
+        return 143
     return int(result or 0)
 
 

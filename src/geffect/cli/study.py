@@ -17,7 +17,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "study",
         help="run a study from a YAML file: models, references, every method with G-effects, evaluation, report",
-        description="Stages already finished in OUT are skipped on a rerun; see docs/demo.md.",
+        description="Stages already finished in OUT are skipped on a rerun; the annotated configurations are in "
+        "examples/*.yaml, the whole workflow in README.md (`geffect demo --show-config` prints the built-in one).",
     )
     parser.add_argument("config", help="study configuration (YAML), e.g. examples/tofu-phi.yaml")
     parser.add_argument("--out", help="output folder (default: runs/<name in the config>)")
@@ -25,7 +26,10 @@ def register(subparsers) -> None:
         "--dry-run", action="store_true", help="resolve the configuration and list the runs; load and download nothing"
     )
     parser.add_argument(
-        "--overwrite", action="store_true", help="delete OUT first instead of reusing its finished stages"
+        "--overwrite",
+        action="store_true",
+        help="start OUT afresh instead of reusing its finished stages (the old OUT is kept aside as .OUT.previous "
+        "until the new study has finished)",
     )
     parser.set_defaults(func=run)
 

@@ -18,7 +18,7 @@ from geffect.options import add_arguments, fields, from_args, parse_pairs
 from geffect.training.config import UnlearnConfig
 
 # The objective's options among UnlearnConfig's: `geffect effects` takes them too.
-OBJECTIVE_OPTIONS = ("method", "retain_loss", "gamma", "alpha", "hparams", "kl_mask")
+OBJECTIVE_OPTIONS = ("method", "retain_loss", "preset", "gamma", "alpha", "hparams", "kl_mask")
 HELP = "unlearn a forget split with an objective (GA, NPO, SimNPO, WGA, TNPO, ...); writes RUN/model and RUN/log.jsonl"
 
 
@@ -68,10 +68,21 @@ def unlearn_config(args: argparse.Namespace) -> UnlearnConfig:
 def build_callbacks(args: argparse.Namespace) -> list:
     """Step callbacks requested on the command line: the G-effect tracker (with --track-geffect)."""
     if not args.track_geffect:
+        _refuse_tracking_options(args)
         return []
     from geffect.effects.tracker import GEffectTracker
 
     return [GEffectTracker(from_args(TrackerConfig, args))]
+
+
+def _refuse_tracking_options(args: argparse.Namespace) -> None:
+    """A G-effect option without --track-geffect would be silently ignored: refuse it instead."""
+    from geffect.options import flag_of
+
+    given = from_args(TrackerConfig, args)
+    for f in fields(TrackerConfig):
+        if getattr(given, f.name) != getattr(TrackerConfig(), f.name):
+            raise UsageError(f"{flag_of(TrackerConfig, f)} needs --track-geffect; add it, or drop the option")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,8 +93,11 @@ def run(args: argparse.Namespace) -> int:
         last = result.last_log or {}
         print(
             f"unlearned with {result.summary['method']} for {result.steps} steps; "
-            f"forget risk {last.get('forget_risk', float('nan')):.4g}; model: {result.model_dir}"
+            f"forget risk {last.get('forget_risk', result.summary.get('forget_risk_last') or float('nan')):.4g}; "
+            f"model: {result.model_dir}"
         )
+        for warning in result.summary.get("warnings", []):
+            print(f"geffect: warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -35,7 +35,7 @@ from typing import Callable, Mapping, Sequence
 
 from geffect.data.tofu import FORGET_SPLITS, GENERAL_SPLIT, HOLDOUT_FOR_FORGET, RETAIN_FOR_FORGET, SPLITS
 from geffect.errors import UsageError
-from geffect.io import atomic_write_json, atomic_write_text, prepare_output_dir
+from geffect.io import atomic_write_json, atomic_write_text, staged_output_dir
 
 GENERATOR_VERSION = 2
 MIN_AUTHORS = 10
@@ -1152,22 +1152,22 @@ def write_benchmark(out: str | Path, n_authors: int = 100, seed: int = 0, overwr
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise UsageError(f"--seed must be an integer (got {seed!r})")
     splits = generate_benchmark(n_authors, seed)
-    folder = prepare_output_dir(out, overwrite)
-    for name, records in splits.items():
-        atomic_write_text(folder / f"{name}.json", _jsonl(records))
-    counts = {name: len(records) for name, records in splits.items()}
-    manifest = {
-        "generator": "geffect.data.synth",
-        "generator_version": GENERATOR_VERSION,
-        "seed": seed,
-        "n_authors": n_authors,
-        "qa_per_author": QA_PER_AUTHOR,
-        "forget_authors": {name: forget_authors(n_authors, FORGET_PERCENT[name]) for name in FORGET_SPLITS},
-        "counts": counts,
-    }
-    atomic_write_json(folder / "benchmark.json", manifest)
-    atomic_write_text(
-        folder / "SOURCE.md",
-        _SOURCE_MD.format(version=GENERATOR_VERSION, seed=seed, n_authors=n_authors, qa=QA_PER_AUTHOR),
-    )
+    with staged_output_dir(out, overwrite) as folder:  # replaces `out` only once every file is written
+        for name, records in splits.items():
+            atomic_write_text(folder / f"{name}.json", _jsonl(records))
+        counts = {name: len(records) for name, records in splits.items()}
+        manifest = {
+            "generator": "geffect.data.synth",
+            "generator_version": GENERATOR_VERSION,
+            "seed": seed,
+            "n_authors": n_authors,
+            "qa_per_author": QA_PER_AUTHOR,
+            "forget_authors": {name: forget_authors(n_authors, FORGET_PERCENT[name]) for name in FORGET_SPLITS},
+            "counts": counts,
+        }
+        atomic_write_json(folder / "benchmark.json", manifest)
+        atomic_write_text(
+            folder / "SOURCE.md",
+            _SOURCE_MD.format(version=GENERATOR_VERSION, seed=seed, n_authors=n_authors, qa=QA_PER_AUTHOR),
+        )
     return counts

@@ -58,8 +58,16 @@ TEMPLATES: dict[str, Template] = {
     )
 }
 
-# Substrings of a hub id or model folder name -> template, checked in order.
-_FAMILY_HINTS: tuple[tuple[str, str], ...] = (("llama-2", "llama2"), ("llama2", "llama2"), ("phi", "phi"))
+# Substrings of a hub id, model folder, GGUF file or model name -> template, checked in order: the families
+# TOFU fine-tuned with their own templates first, then instruct/chat models (the tokenizer's chat template).
+_FAMILY_HINTS: tuple[tuple[str, str], ...] = (
+    ("llama-2", "llama2"),
+    ("llama2", "llama2"),
+    ("phi", "phi"),
+    ("instruct", "chat"),
+    ("-chat", "chat"),
+    ("_chat", "chat"),
+)
 
 
 def get_template(name: str) -> Template:
@@ -69,8 +77,32 @@ def get_template(name: str) -> Template:
         raise UsageError(f"unknown template {name!r}; choose one of {', '.join(TEMPLATES)}") from None
 
 
+def recorded_template(model_path: str) -> str | None:
+    """The template a model folder was trained with, as geffect recorded it: `finetune.json` in a fine-tuned
+    folder, or the run's `config.yaml` next to an unlearning run's `model/` folder; None when not recorded."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    folder = Path(model_path).expanduser()
+    try:
+        if (folder / "finetune.json").is_file():
+            return json.loads((folder / "finetune.json").read_text(encoding="utf-8"))["config"]["template"]
+        if folder.name == "model" and (folder.parent / "config.yaml").is_file():
+            return yaml.safe_load((folder.parent / "config.yaml").read_text(encoding="utf-8"))["resolved"]["template"]
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        return None  # an unreadable record: fall back to the name
+    return None
+
+
 def template_for_model(model_name: str) -> Template:
-    """The template a model family was fine-tuned with on TOFU; `plain` when the family is unknown."""
+    """The template the model was trained with where geffect recorded it (a fine-tuned or unlearned folder),
+    else the one its family was fine-tuned with on TOFU, `chat` for instruct/chat models (by name), `plain`
+    when the family is unknown."""
+    recorded = recorded_template(model_name)
+    if recorded in TEMPLATES:
+        return TEMPLATES[recorded]
     lowered = model_name.lower()
     for hint, name in _FAMILY_HINTS:
         if hint in lowered:

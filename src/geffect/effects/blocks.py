@@ -1,7 +1,7 @@
 """Where each parameter tensor of a Hugging Face causal LM sits: decoder layer, group, tying.
 
-Discovery is generic: the decoder blocks are the homogeneous `nn.ModuleList` (all children of one class)
-holding the most parameters, which is `model.layers`, `transformer.h`, `gpt_neox.layers`,
+Discovery is generic: the decoder blocks are the `nn.ModuleList` of blocks (all children of one class, or
+of several block classes in a hybrid stack like Jamba's) holding the most parameters, which is `model.layers`, `transformer.h`, `gpt_neox.layers`,
 `model.decoder.layers`, ... whatever the architecture calls it (also under a PEFT wrapper).
 
 Groups (DESIGN section 3):
@@ -76,14 +76,22 @@ def third_of_layer(layer: int, num_layers: int) -> str:
     return THIRDS[min(2, (3 * layer) // max(num_layers, 1))]
 
 
+def _is_layer_stack(module: nn.Module) -> bool:
+    """A ModuleList of decoder blocks: one class (Llama, GPT-2, ...), or several block classes (hybrid stacks
+    such as Jamba's attention and Mamba layers), each child a block with parameters of its own modules."""
+    if not isinstance(module, nn.ModuleList) or len(module) == 0:
+        return False
+    if len({type(child) for child in module}) == 1:
+        return True
+    return all(any(True for _ in child.children()) and any(True for _ in child.parameters()) for child in module)
+
+
 def find_decoder_layers(model: nn.Module) -> tuple[str | None, nn.ModuleList | None]:
-    """The homogeneous ModuleList with the most parameters (ties: the longer one), or (None, None)."""
+    """The layer stack (`_is_layer_stack`) with the most parameters (ties: the longer one), or (None, None)."""
     best: tuple[int, int] = (0, 0)
     found: tuple[str | None, nn.ModuleList | None] = (None, None)
     for name, module in model.named_modules():
-        if not isinstance(module, nn.ModuleList) or len(module) == 0:
-            continue
-        if len({type(child) for child in module}) != 1:
+        if not _is_layer_stack(module):
             continue
         size = (sum(p.numel() for p in module.parameters()), len(module))
         if size > best:

@@ -30,6 +30,11 @@ class TrackerConfig:
     )
     tokens: bool = option(False, "per-token contributions (one forward-mode pass per side; implies instances)")
     tensors: bool = option(False, "per-tensor breakdown in every line")
+    applied: bool = option(
+        False,
+        "also log u = grad R . (theta_t - theta_t+1) / lr, the G-effect of the update the optimizer applied, "
+        "and its prediction -sum lr u (one more backward per side)",
+    )
     probe_size: int = option(
         32,
         "retain probe items (full estimator; batch estimator when the step has no retain batch)",

@@ -11,8 +11,9 @@ would give: under causal attention a position's activations serve the losses of 
 
 All c_{i,t} come from one forward-mode pass (`torch.autograd.forward_ad`, tangents = G, through
 `torch.func.functional_call`), inside the math SDPA kernel because the fused CPU/GPU attention kernels have
-no forward derivative. Where an operation has no forward-mode formula the double-backward trick
-(d/dv [grad_theta (v . ce)] . G) gives the same numbers at a higher price.
+no forward derivative. Wherever forward mode fails (an operation without a forward-mode formula, a custom
+autograd.Function without `jvp`, ...) the double-backward trick (d/dv [grad_theta (v . ce)] . G) gives the
+same numbers at a higher price.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geffect.effects.blocks import ParameterLayout
+from geffect.errors import UsageError
 from geffect.models.answer_logits import answer_logits
 from geffect.tokens import IGNORE_INDEX, count_tokens
 
@@ -139,18 +141,22 @@ def token_effects(
     n_total: int | None = None,
     only: set[int] | None = None,
 ) -> torch.Tensor:
-    """Per-loss-token contributions; forward mode, falling back to double backward where unsupported."""
+    """Per-loss-token contributions; forward mode, and double backward wherever forward mode fails for this
+    model (chosen by trying, not by the wording of the error: an op or a custom autograd.Function without a
+    forward derivative, an in-place update functorch refuses, ...)."""
     try:
         return token_effects_forward(model, layout, batch, G, n_total, only)
-    except (NotImplementedError, RuntimeError) as err:
-        if (
-            "forward AD" not in str(err)
-            and "forward-mode" not in str(err)
-            and "not implemented" not in str(err).lower()
-        ):
-            raise
+    except Exception as err:  # noqa: BLE001 - any failure of forward mode: reverse mode gives the same numbers
         log.warning(
-            "forward-mode AD unsupported by this model (%s); using double backward for token G-effects",
-            str(err).splitlines()[0],
+            "forward-mode AD failed on this model (%s: %s); using double backward for token G-effects",
+            type(err).__name__,
+            (str(err).splitlines() or [""])[0],
         )
-        return token_effects_double_backward(model, layout, batch, G, n_total, only)
+        try:
+            return token_effects_double_backward(model, layout, batch, G, n_total, only)
+        except Exception as second:  # noqa: BLE001 - neither mode: one line for the user, not a traceback
+            raise UsageError(
+                f"per-token G-effects cannot be computed on {type(model).__name__}: forward mode failed "
+                f"({type(err).__name__}) and double backward failed ({(str(second).splitlines() or [''])[0]}); "
+                "run without --geffect-tokens"
+            ) from second

@@ -21,11 +21,13 @@ from typing import Sequence
 
 import torch
 
+from geffect.effects.applied import BesideEffects, applied_sets
 from geffect.effects.blocks import ParameterLayout, discover_layout
 from geffect.effects.budget import ActivationBudget
 from geffect.effects.config import TrackerConfig
 from geffect.effects.dots import all_reduce_max, detect_reduce_mode, param_grads
 from geffect.effects.estimators import ESTIMATOR_TYPES, Estimator
+from geffect.effects.exactness import StepGuard, measurement_step, refuse_inexact_split
 from geffect.effects.ghost import GhostRecorder
 from geffect.effects.probe import default_sets
 from geffect.effects.records import PredictedChange, effect_record, layout_record
@@ -71,10 +73,13 @@ class GEffectTracker:
         self.estimator: Estimator | None = None
         self.folder: RunFolder | None = None
         self.predicted = PredictedChange()
+        self.beside: BesideEffects | None = None  # `plain` and `applied` (u) in each line, see effects/applied.py
+        self._pending: dict | None = None  # the measured step's line, written once the optimizer has stepped
         self._handles: list = []
         self._main = True
         self._reduce = "none"
         self._busy = False  # inside after_backward: the tracker's own forwards must not drop the step's captures
+        self.guard = StepGuard()  # per-item values checked against plain gradients on the first measured step
 
     def settings(self) -> dict:
         """The options as `geffect unlearn` spells them (`geffect_every`, ...), so a run can be rerun as it was."""
@@ -98,10 +103,14 @@ class GEffectTracker:
         self._main = getattr(accelerator, "is_main_process", True)
         # G is exactly the measured micro-batch's gradient only with one micro-batch per step on one process.
         grad_accum = run.options.grad_accum if run.options is not None else 1
-        linear_ok = int(grad_accum) == 1 and world == 1
+        # ... and only when the update rule hands the optimizer the objective's own gradient (geffect.updates).
+        linear_ok = int(grad_accum) == 1 and world == 1 and getattr(run.options, "update", "plain") == "plain"
+        self.beside = BesideEffects(layout, self.config.applied, self.config.tensors)
         self.folder = run.folder
         if self._main:
-            self.predicted.restore(self.folder.keep_geffect_until(run.start_step))
+            kept = self.folder.keep_geffect_until(run.start_step)
+            self.predicted.restore(kept)
+            self.beside.restore(kept)
             self.folder.write_layout(layout_record(layout, dataclasses.asdict(self.config)))
         if run.start_step and self.estimator_type.restarts_on_resume:
             logging.getLogger(__name__).warning(self.estimator_type.restarts_on_resume)
@@ -135,12 +144,19 @@ class GEffectTracker:
             self.forget_batches = forget if need_forget else self.forget_batches
 
     def on_train_end(self, run) -> None:
+        if self._pending is not None:  # a loop that does not call after_step
+            self._write()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
         if self.recorder is not None:
             self.recorder.remove()
             self.recorder = None
+
+    def check_model(self, model, batch: Batch) -> None:
+        """Before anything is written: refuse instances on a model the ghost path cannot split exactly."""
+        if self.config.instances and detect_reduce_mode(model) != "sharded":  # a shard is not a model to run
+            refuse_inexact_split(model, batch)
 
     def _before_forward(self, *_) -> None:
         if self.recorder is not None and not self._busy and torch.is_grad_enabled():
@@ -166,7 +182,14 @@ class GEffectTracker:
         G = param_grads(self.layout)
         self._busy = True
         try:
-            effects, extra = self.estimator.measure(step, G)
+            with measurement_step(run.model, step) as measured:  # eval mode, new forwards when dropout is on
+                effects, extra = self.estimator.measure(measured, G)
+                sets = applied_sets(step, self.estimator_type.needs_forget_set, self.forget_batches, self.probe_batches)
+                plain = self.beside.before_step(run.model, sets, (step.extra or {}).get("plain_grad"))
+                if self.config.instances and self._reduce != "sharded":  # sharded values are partial here
+                    forget = self.forget_batches if self.estimator_type.needs_forget_set else [measured.batch.forget]
+                    risk = None if self.estimator_type.needs_forget_set else measured.loss_output.forget_risk
+                    self.guard.check(run.model, self.layout, effects["u"], G, risk, forget, self.recorder)
         finally:
             self._busy = False
             if self.recorder is not None:
@@ -187,5 +210,19 @@ class GEffectTracker:
             objective_items=extra.get("objective_items"),
             seconds=seconds,
         )
+        if plain is not None:
+            record["plain"] = plain
+        self._pending = record
+        if not self.config.applied:
+            self._write()
+
+    def after_step(self, run, step) -> None:
+        """After the optimizer step: u, the G-effect of the update it applied (`--geffect-applied`); the line."""
+        if self._pending is not None:
+            self.beside.complete(self._pending, step.lr, self.config.every)
+            self._write()
+
+    def _write(self) -> None:
         if self._main:
-            self.folder.append_geffect(record)
+            self.folder.append_geffect(self._pending)
+        self._pending = None

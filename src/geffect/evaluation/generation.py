@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from geffect.data.collate import EncodedItem, collate, encode_prompt, pad_token_id
 from geffect.data.templates import Template
+from geffect.progress import progress as report_progress
 from geffect.tokens import IGNORE_INDEX
 
 MAX_NEW_TOKENS = 200
@@ -28,7 +28,7 @@ def generate_answers(
     """The greedy continuation of each question's prompt, decoded without special tokens, cut at EOS, stripped.
 
     Prompts are left-padded (as generation requires) and batched in prompt-length order to keep padding
-    small. `progress`: show a bar (None: when stderr is a terminal). The model generates in eval mode; its
+    small. `progress`: None shows a bar on a terminal and plain lines otherwise (geffect.progress), False hides it. The model generates in eval mode; its
     training mode is restored afterwards.
     """
     prompts = [encode_prompt(tokenizer, template, q) for q in questions]
@@ -41,7 +41,7 @@ def generate_answers(
     was_training = model.training
     model.eval()
     try:
-        for rows in tqdm(batches, desc=desc, leave=False, disable=None if progress is None else not progress):
+        for rows in report_progress(batches, desc=desc, enabled=progress):
             batch = collate([items[i] for i in rows], pad, padding_side="left")
             with torch.no_grad():
                 output = model.generate(

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from geffect.errors import UsageError
+from geffect.evaluation.conventions import CONVENTIONS, convention_of
 from geffect.evaluation.registry import METRICS, Entry, compute_metrics
 
 META_KEY = "geffect_meta"
@@ -71,7 +72,7 @@ class EvalLog:
 
     def completed(self, retain: EvalLog | None = None) -> EvalLog:
         """A copy with every derivable per-item value and aggregate filled in (see `compute_metrics`)."""
-        entries = compute_metrics(self.entries, None if retain is None else retain.entries)
+        entries = compute_metrics(self.entries, None if retain is None else retain.entries, convention_of(self.meta))
         return EvalLog(entries=entries, meta=dict(self.meta), source=self.source)
 
     def to_json(self) -> dict[str, Any]:
@@ -121,6 +122,12 @@ def eval_log_from_dict(obj: Any, source: str = "<memory>") -> EvalLog:
 
 def _from_tofu_eval(obj: dict, source: str) -> EvalLog:
     entries = {k: v for k, v in obj.items() if k in METRICS}
+    for key, entry in entries.items():  # per-item values are {index: value}; anything else is a damaged file
+        if "value_by_index" in entry and not isinstance(entry["value_by_index"], dict):
+            kind = type(entry["value_by_index"]).__name__
+            raise UsageError(
+                f"{source}: {key}.value_by_index is a {kind}, not an object of per-item values; the file is damaged"
+            )
     meta = dict(obj.get(META_KEY) or {})
     meta.setdefault("source_format", "open-unlearning")
     if "set_sizes" not in meta:
@@ -174,6 +181,7 @@ def _from_legacy(obj: dict, source: str) -> EvalLog:
         "forget_split": LEGACY_FORGET_SIZES.get(sizes["forget"]),
         "forget_split_inferred": True,
         "set_sizes": sizes,
+        "conventions": CONVENTIONS["legacy"].record(),
     }
     return EvalLog(entries=entries, meta=meta, source=source)
 

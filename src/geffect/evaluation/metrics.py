@@ -21,24 +21,41 @@ def probability(avg_nll: np.ndarray) -> np.ndarray:
     return np.exp(-np.asarray(avg_nll, dtype=np.float64))
 
 
-def normalised_probability(avg_nll_true: np.ndarray, avg_nll_false: np.ndarray) -> np.ndarray:
-    """p_true / (p_true + sum_j p_false_j) per item; `avg_nll_false` has one row per item."""
+def normalised_probability(avg_nll_true: np.ndarray, avg_nll_false: np.ndarray, guard: float = 0.0) -> np.ndarray:
+    """p_true / (p_true + sum_j p_false_j + guard) per item; `avg_nll_false` has one row per item. `guard` 1e-10 is
+    OpenUnlearning's (memorization.py probability_w_options)."""
     p_true = probability(avg_nll_true)
     p_false = probability(avg_nll_false).reshape(len(p_true), -1).sum(axis=1)
-    return p_true / (p_true + p_false)
+    return p_true / (p_true + p_false + guard)
 
 
-def truth_ratio(avg_nll_true: np.ndarray, avg_nll_false: np.ndarray) -> np.ndarray:
-    """tr = P_false / P_true with P_false = exp(-mean_j avg_nll_false_j), computed in log space."""
+def truth_ratio(avg_nll_true: np.ndarray, avg_nll_false: np.ndarray, guard: float = 0.0) -> np.ndarray:
+    """tr = P_false / P_true with P_false = exp(-mean_j avg_nll_false_j), computed in log space.
+
+    With `guard` > 0 it is OpenUnlearning's (memorization.py truth_ratio): P_false / (P_true + guard), which the
+    guard dominates once the true answer's mean NLL passes -log(guard) (~23 for 1e-10).
+    """
     true = np.asarray(avg_nll_true, dtype=np.float64)
     false = np.asarray(avg_nll_false, dtype=np.float64).reshape(len(true), -1).mean(axis=1)
+    if guard:
+        return np.exp(-false) / (np.exp(-true) + guard)
     return np.exp(true - false)
 
 
-def truth_ratio_closer_to_one(tr: np.ndarray) -> float:
-    """Forget set: mean(min(tr, 1/tr)); 1 when true and false answers are equally likely."""
+def truth_ratio_closer_to_one(tr: np.ndarray, guard: float = 0.0) -> float:
+    """Forget set: mean(min(tr, 1/(tr + guard))); 1 when true and false answers are equally likely
+    (guard 1e-10: OpenUnlearning's closer_to_1_better)."""
     tr = np.asarray(tr, dtype=np.float64)
-    return float(np.mean(np.minimum(tr, 1.0 / tr)))
+    with np.errstate(divide="ignore"):
+        return float(np.mean(np.minimum(tr, 1.0 / (tr + guard))))
+
+
+def truth_ratio_prob_mean(avg_nll_true: np.ndarray, avg_nll_false: np.ndarray) -> np.ndarray:
+    """OpenUnlearning's `prob_mean` truth ratio (memorization.py truth_ratio, aggregator prob_mean; the extent of
+    knowledge of its meta-evaluation): P_true / (P_true + P_false + 1e-10) per item, averaged by the caller."""
+    true = np.exp(-np.asarray(avg_nll_true, dtype=np.float64))
+    false = np.exp(-np.asarray(avg_nll_false, dtype=np.float64).reshape(len(true), -1).mean(axis=1))
+    return true / (true + false + 1e-10)
 
 
 def truth_ratio_true_better(tr: np.ndarray) -> float:
@@ -83,12 +100,12 @@ def rouge_recalls(generations: Sequence[str], references: Sequence[str]) -> list
     return out
 
 
-def extraction_strength(correct: np.ndarray) -> float:
+def extraction_strength(correct: np.ndarray, floor: bool = False) -> float:
     """1 - k/T, k the smallest index such that every greedy teacher-forced prediction from k on is right.
 
     `correct` holds, per answer token (EOS excluded), whether the argmax prediction equals the label. The empty
-    suffix (k = T) always matches, so an item whose last token is wrong scores 0. (OpenUnlearning's loop
-    stops at k = T - 1 and scores such an item 1/T.)
+    suffix (k = T) always matches, so an item whose last token is wrong scores 0. `floor`: OpenUnlearning's loop
+    (memorization.py extraction_strength) stops at k = T - 1 and scores such an item 1/T.
     """
     correct = np.asarray(correct, dtype=bool)
     total = len(correct)
@@ -96,6 +113,8 @@ def extraction_strength(correct: np.ndarray) -> float:
         return 0.0
     wrong = np.flatnonzero(~correct)
     k = 0 if len(wrong) == 0 else int(wrong[-1]) + 1
+    if floor:
+        k = min(k, total - 1)
     return 1.0 - k / total
 
 
@@ -129,6 +148,12 @@ def mia_min_k_score(token_logprobs: np.ndarray, k: float = MIN_K_FRACTION) -> fl
 def mia_min_k_plus_plus_score(token_zscores: np.ndarray, k: float = MIN_K_FRACTION) -> float:
     """Min-k on token log-probs standardised by the model's own next-token distribution ((log p - mu) / sigma)."""
     return mia_min_k_score(token_zscores, k)
+
+
+def mia_reference_score(avg_nll: float, reference_avg_nll: float) -> float:
+    """OpenUnlearning's reference attack (mia/reference.py ReferenceAttack.compute_score): the target model's mean
+    answer NLL minus the reference model's."""
+    return float(avg_nll) - float(reference_avg_nll)
 
 
 def auc_forget_vs_holdout(forget_scores: Sequence[float], holdout_scores: Sequence[float]) -> float:

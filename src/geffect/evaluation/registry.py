@@ -22,12 +22,14 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from geffect.evaluation import metrics as m
+from geffect.evaluation.conventions import CONVENTIONS, DEFAULT_CONVENTION, Convention
 
 Entry = dict[str, Any]
 ValueByIndex = dict[str, Any]
-# (own entry, dependency entries in `needs` order (None where absent), retain model's evaluation or None)
-Aggregator = Callable[[Entry, Sequence[Entry | None], Mapping[str, Entry] | None], Entry]
-PerItem = Callable[[Sequence[ValueByIndex]], ValueByIndex]
+# (own entry, dependency entries in `needs` order (None where absent), retain model's evaluation or None, the
+# evaluation's convention)
+Aggregator = Callable[[Entry, Sequence[Entry | None], Mapping[str, Entry] | None, Convention], Entry]
+PerItem = Callable[[Sequence[ValueByIndex], Convention], ValueByIndex]
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ def _valid(values: Sequence) -> np.ndarray:
 def mean_of(field: str) -> Aggregator:
     """Mean over items of one per-item field (a list field is first averaged within the item)."""
 
-    def aggregate(entry: Entry, deps, retain) -> Entry:
+    def aggregate(entry: Entry, deps, retain, convention) -> Entry:
         vbi = entry["value_by_index"]
         values = _valid([_item_mean(v) for v in _field(vbi, field, list(vbi))])
         return {"agg_value": float(values.mean()) if len(values) else None}
@@ -90,38 +92,44 @@ def mean_of(field: str) -> Aggregator:
     return aggregate
 
 
-def _truth_ratio_aggregate(reduce: Callable[[np.ndarray], float]) -> Aggregator:
-    def aggregate(entry: Entry, deps, retain) -> Entry:
+def _closer_to_one(scores: np.ndarray, convention: Convention) -> float:
+    return m.truth_ratio_closer_to_one(scores, convention.truth_ratio_guard)
+
+
+def _true_better(scores: np.ndarray, convention: Convention) -> float:
+    return m.truth_ratio_true_better(scores)
+
+
+def _truth_ratio_aggregate(reduce: Callable[[np.ndarray, Convention], float]) -> Aggregator:
+    def aggregate(entry: Entry, deps, retain, convention) -> Entry:
         vbi = entry["value_by_index"]
         scores = _valid(_field(vbi, "score", list(vbi)))
-        return {"agg_value": reduce(scores) if len(scores) else None}
+        return {"agg_value": reduce(scores, convention) if len(scores) else None}
 
     return aggregate
 
 
-def _truth_ratio_items(vbis: Sequence[ValueByIndex]) -> ValueByIndex:
-    true, false = vbis
-    keys = _aligned_keys(vbis)
-    out = {}
-    for key in keys:
-        t, f = true[key], false[key]
-        ok = t is not None and f is not None and t.get("avg_loss") is not None and f.get("avg_loss") is not None
-        out[key] = {"score": float(m.truth_ratio([t["avg_loss"]], [f["avg_loss"]])[0]) if ok else None}
-    return out
+def _pair_items(field: str, compute: Callable[[Any, Any, Convention], float]) -> PerItem:
+    """Per-item values from the avg_loss of a true-answer and a false-answers entry (None where either is)."""
+
+    def per_item(vbis: Sequence[ValueByIndex], convention: Convention) -> ValueByIndex:
+        true, false = vbis
+        out = {}
+        for key in _aligned_keys(vbis):
+            t, f = true[key], false[key]
+            ok = t is not None and f is not None and t.get("avg_loss") is not None and f.get("avg_loss") is not None
+            out[key] = {field: float(compute([t["avg_loss"]], [f["avg_loss"]], convention)[0]) if ok else None}
+        return out
+
+    return per_item
 
 
-def _normalised_items(vbis: Sequence[ValueByIndex]) -> ValueByIndex:
-    true, false = vbis
-    keys = _aligned_keys(vbis)
-    out = {}
-    for key in keys:
-        t, f = true[key], false[key]
-        ok = t is not None and f is not None and t.get("avg_loss") is not None and f.get("avg_loss") is not None
-        out[key] = {"prob": float(m.normalised_probability([t["avg_loss"]], [f["avg_loss"]])[0]) if ok else None}
-    return out
+_truth_ratio_items = _pair_items("score", lambda t, f, c: m.truth_ratio(t, f, c.truth_ratio_guard))
+_normalised_items = _pair_items("prob", lambda t, f, c: m.normalised_probability(t, f, c.truth_ratio_guard))
+_prob_mean_items = _pair_items("score", lambda t, f, c: m.truth_ratio_prob_mean(t, f))
 
 
-def _mia_aggregate(entry: Entry, deps, retain) -> Entry:
+def _mia_aggregate(entry: Entry, deps, retain, convention) -> Entry:
     scores = {}
     for part in ("forget", "holdout"):
         vbi = entry[part]["value_by_index"]
@@ -138,12 +146,12 @@ def _agg_values(deps: Sequence[Entry | None]) -> list | None:
     return None if any(v is None for v in values) else values
 
 
-def _model_utility(entry: Entry, deps, retain) -> Entry:
+def _model_utility(entry: Entry, deps, retain, convention) -> Entry:
     values = _agg_values(deps)
     return {"agg_value": None if values is None else m.model_utility(values)}
 
 
-def _forget_quality(entry: Entry, deps, retain) -> Entry:
+def _forget_quality(entry: Entry, deps, retain, convention) -> Entry:
     (model_tr,) = deps
     reference = None if retain is None else retain.get("forget_truth_ratio")
     if model_tr is None or reference is None or "value_by_index" not in reference:
@@ -156,7 +164,7 @@ def _forget_quality(entry: Entry, deps, retain) -> Entry:
     return {"agg_value": pvalue, "ks_statistic": statistic}
 
 
-def _privleak(entry: Entry, deps, retain) -> Entry:
+def _privleak(entry: Entry, deps, retain, convention) -> Entry:
     (attack,) = deps
     reference = None if retain is None else retain.get("mia_min_k")
     auc = None if attack is None else attack.get("agg_value")
@@ -191,10 +199,27 @@ for _set in ("forget", "retain"):
         )
     )
 
+# OpenUnlearning's configs/eval/tofu_metrics/forget_Q_A_PARA_ROUGE.yaml / _PERT_ROUGE.yaml: ROUGE-L recall of the
+# greedy generation for the question against the paraphrased / each perturbed answer (handler rouge).
+register(
+    Metric(
+        "forget_Q_A_PARA_ROUGE",
+        mean_of("rougeL_recall"),
+        description="ROUGE-L recall of greedy generations against the paraphrased answer, forget set",
+    )
+)
+register(
+    Metric(
+        "forget_Q_A_PERT_ROUGE",
+        mean_of("rougeL_recall"),
+        description="ROUGE-L recall of greedy generations against each perturbed answer (mean), forget set",
+    )
+)
+
 register(
     Metric(
         "forget_truth_ratio",
-        _truth_ratio_aggregate(m.truth_ratio_closer_to_one),
+        _truth_ratio_aggregate(_closer_to_one),
         needs=("forget_Q_A_PARA_Prob", "forget_Q_A_PERT_Prob"),
         per_item=_truth_ratio_items,
         description="mean min(tr, 1/tr), tr = P(perturbed) / P(paraphrased), forget set",
@@ -203,7 +228,7 @@ register(
 register(
     Metric(
         "retain_Truth_Ratio",
-        _truth_ratio_aggregate(m.truth_ratio_true_better),
+        _truth_ratio_aggregate(_true_better),
         needs=("retain_Q_A_PARA_Prob", "retain_Q_A_PERT_Prob"),
         per_item=_truth_ratio_items,
         description="mean max(0, 1 - tr), tr = P(perturbed) / P(paraphrased), retain set",
@@ -222,10 +247,22 @@ for _set in ("ra", "wf"):
     register(
         Metric(
             f"{_set}_Truth_Ratio",
-            _truth_ratio_aggregate(m.truth_ratio_true_better),
+            _truth_ratio_aggregate(_true_better),
             needs=(f"{_set}_Q_A_Prob", f"{_set}_Q_A_PERT_Prob"),
             per_item=_truth_ratio_items,
             description=f"mean max(0, 1 - tr), tr = P(perturbed) / P(answer), {SET_NAMES[_set]}",
+        )
+    )
+
+# OpenUnlearning's truth_ratio with aggregator prob_mean (memorization.py): P_true / (P_true + P_false + 1e-10).
+for _set, _true in (("forget", "PARA_Prob"), ("retain", "PARA_Prob"), ("ra", "Prob"), ("wf", "Prob")):
+    register(
+        Metric(
+            f"{_set}_truth_ratio_prob_mean",
+            mean_of("score"),
+            needs=(f"{_set}_Q_A_{_true}", f"{_set}_Q_A_PERT_Prob"),
+            per_item=_prob_mean_items,
+            description=f"mean P_true / (P_true + P_false + 1e-10) (OpenUnlearning's prob_mean), {SET_NAMES[_set]}",
         )
     )
 
@@ -258,7 +295,14 @@ register(
 )
 register(Metric("extraction_strength", mean_of("score"), description="teacher-forced extraction strength, forget set"))
 register(Metric("exact_memorization", mean_of("score"), description="teacher-forced exact memorisation, forget set"))
-for _attack, _what in (("loss", "LOSS"), ("zlib", "zlib"), ("min_k", "Min-k"), ("min_k_plus_plus", "Min-k++")):
+for _attack, _what in (
+    ("loss", "LOSS"),
+    ("zlib", "zlib"),
+    ("min_k", "Min-k"),
+    ("min_k_plus_plus", "Min-k++"),
+    ("gradnorm", "gradient-norm"),
+    ("reference", "reference-model"),
+):
     register(Metric(f"mia_{_attack}", _mia_aggregate, description=f"{_what} attack AUC, forget vs holdout"))
 register(
     Metric(
@@ -270,13 +314,17 @@ register(
 )
 
 
-def compute_metrics(entries: Mapping[str, Entry], retain: Mapping[str, Entry] | None = None) -> dict[str, Entry]:
+def compute_metrics(
+    entries: Mapping[str, Entry], retain: Mapping[str, Entry] | None = None, convention: Convention | None = None
+) -> dict[str, Entry]:
     """Fill in every derivable per-item value and aggregate, in registry order.
 
     Stored per-item values are kept (they are what the evaluation measured); aggregates are always
     recomputed from them. Aggregate-only metrics are always present, with ``agg_value`` None when an input
-    (for forget quality and privleak: the retain model's log) is missing.
+    (for forget quality and privleak: the retain model's log) is missing. `convention` (default geffect) decides
+    the formulas where the references differ (evaluation/conventions.py).
     """
+    convention = convention or CONVENTIONS[DEFAULT_CONVENTION]
     out: dict[str, Entry] = {name: _copy_entry(entry) for name, entry in entries.items()}
     for metric in METRICS.values():
         deps = [out.get(name) for name in metric.needs]
@@ -285,13 +333,13 @@ def compute_metrics(entries: Mapping[str, Entry], retain: Mapping[str, Entry] | 
             if entry is None or "value_by_index" not in entry:
                 if any(d is None or "value_by_index" not in d for d in deps):
                     continue
-                entry = {"value_by_index": metric.per_item([d["value_by_index"] for d in deps])}
+                entry = {"value_by_index": metric.per_item([d["value_by_index"] for d in deps], convention)}
         elif metric.is_leaf:
             if entry is None or not _has_items(entry):
                 continue
         else:
             entry = {}
-        entry.update(metric.aggregate(entry, deps, retain))
+        entry.update(metric.aggregate(entry, deps, retain, convention))
         out[metric.name] = entry
     return out
 

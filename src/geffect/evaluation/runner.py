@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from geffect.data.templates import Template, get_template
-from geffect.data.tofu import FORGET_SPLITS, HOLDOUT_FOR_FORGET, load_split
+from geffect.data.tofu import FORGET_SPLITS, HOLDOUT_FOR_FORGET, load_split, slice_record
 from geffect.errors import UsageError
 from geffect.evaluation import metrics as m
 from geffect.evaluation.config import DEFAULT_BATCH_SIZE
+from geffect.evaluation.conventions import DEFAULT_CONVENTION, Convention, convention_of, get_convention
+from geffect.evaluation.extra import alternative_rouge_entries, extra_membership_entries
 from geffect.evaluation.generation import MAX_NEW_TOKENS, generate_answers
 from geffect.evaluation.logs import (
     EvalLog,
@@ -89,9 +91,13 @@ def plan_evaluation(
     retain_logs: str | Mapping[str, Any] | EvalLog | None = None,
     ds_size: int | None = None,
     max_new_tokens: int = MAX_NEW_TOKENS,
+    convention: str = DEFAULT_CONVENTION,
 ) -> EvalPlan:
-    """Load the sets and the retain log and check that they fit together (UsageError otherwise)."""
+    """Load the sets and the retain log and check that they fit together (UsageError otherwise). Without `ds_size`
+    the convention's applies (legacy: 300)."""
     template = get_template(template) if isinstance(template, str) else template
+    rules = get_convention(convention)
+    ds_size = rules.ds_size if ds_size is None else ds_size
     records = load_sets(data, forget_split, ds_size)
     meta = {
         "source_format": "geffect",
@@ -101,8 +107,10 @@ def plan_evaluation(
         "convention": convention_label(ds_size),
         "set_sizes": {key: len(items) for key, items in records.items()},
         "data": str(data),
+        **({"data_slice": slice_record(data)} if slice_record(data) else {}),  # geffect data slice
         "template": template.name,
         "max_new_tokens": max_new_tokens,
+        "conventions": rules.record(),
     }
     retain = load_retain_log(retain_logs)
     if retain is not None:
@@ -122,27 +130,41 @@ def evaluate(
     ds_size: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_new_tokens: int = MAX_NEW_TOKENS,
+    convention: str = DEFAULT_CONVENTION,
+    reference_model=None,
+    gradnorm: bool = False,
+    question_key: str = "question",
 ) -> dict[str, Any]:
     """Evaluate `model` on the TOFU sets of `data` for `forget_split`; returns TOFU_EVAL-shaped results.
 
     `retain_logs` (a path or a loaded evaluation, any supported format) is the retain model's evaluation;
     without it forget quality and privleak are None. `ds_size` scores only the first N items of each set
-    (legacy TOFU used 300); None scores all (OpenUnlearning).
+    (legacy TOFU used 300); None scores all (OpenUnlearning), or the convention's. `convention`: geffect,
+    openunlearning or legacy (evaluation/conventions.py). `reference_model` adds the reference MIA, `gradnorm` the
+    gradient-norm MIA (one backward per item). `question_key` "paraphrased_question" asks the forget and retain
+    sets' paraphrased questions (OpenUnlearning's eval.tofu.question_key).
     """
     if batch_size < 1 or max_new_tokens < 1:
         raise UsageError("--batch-size and --max-new-tokens must be positive")
     template = get_template(template) if isinstance(template, str) else template
-    plan = plan_evaluation(data, forget_split, template, retain_logs, ds_size, max_new_tokens)
+    plan = plan_evaluation(data, forget_split, template, retain_logs, ds_size, max_new_tokens, convention)
 
     model.eval()
     passes = _Passes(model, tokenizer, template, batch_size, max_new_tokens)
+    passes.question_key = question_key
+    plan.meta["question_key"] = question_key
     leaves: dict[str, Entry] = {}
     answer_stats: dict[str, list[TokenStats]] = {}
     for eval_set in eval_sets(forget_split):
         answer_stats[eval_set.key] = passes.run_set(eval_set, plan.records[eval_set.key], leaves)
-    leaves.update(_memorisation_entries(answer_stats["forget"]))
+    leaves.update(_memorisation_entries(answer_stats["forget"], convention_of(plan.meta)))
     leaves.update(_membership_entries(answer_stats, plan.records, template))
+    leaves.update(extra_membership_entries(passes, plan.records, answer_stats, reference_model, gradnorm))
     return EvalLog(entries=leaves, meta=plan.meta).completed(plan.retain).to_json()
+
+
+PARAPHRASABLE_SETS = ("forget", "retain")
+QUESTION_KEYS = ("question", "paraphrased_question")
 
 
 class _Passes:
@@ -151,6 +173,7 @@ class _Passes:
     def __init__(self, model, tokenizer, template: Template, batch_size: int, max_new_tokens: int):
         self.model, self.tokenizer, self.template = model, tokenizer, template
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+        self.question_key = "question"
 
     def score(self, questions, answers, desc, with_distribution=False) -> list[TokenStats]:
         return score_answers(
@@ -166,7 +189,10 @@ class _Passes:
 
     def run_set(self, eval_set: EvalSet, items: list[dict], leaves: dict[str, Entry]) -> list[TokenStats]:
         key = eval_set.key
-        questions = [item["question"] for item in items]
+        # OpenUnlearning's eval.tofu.question_key (configs/eval/tofu.yaml) asks the forget and retain sets'
+        # questions by another key, e.g. paraphrased_question; the other sets have only `question`.
+        asked = self.question_key if key in PARAPHRASABLE_SETS else "question"
+        questions = [_field(item, asked, key) for item in items]
         answer = self.score(questions, [item["answer"] for item in items], f"{key} answers", eval_set.membership)
         if key != "holdout":
             leaves[f"{key}_Q_A_Prob"] = _prob_entry([[s.avg_nll] for s in answer])
@@ -188,6 +214,8 @@ class _Passes:
                 desc=f"{key} generation",
             )
             leaves[f"{key}_Q_A_ROUGE"] = _rouge_entry(questions, [item["answer"] for item in items], generations)
+            if key == "forget":
+                leaves.update(alternative_rouge_entries(questions, items, generations))
         return answer
 
     def _perturbed(self, questions, items, key) -> list[list[float]]:
@@ -243,11 +271,12 @@ def _without_eos(values):
     return values[:-1]
 
 
-def _memorisation_entries(forget: list[TokenStats]) -> dict[str, Entry]:
+def _memorisation_entries(forget: list[TokenStats], convention: Convention) -> dict[str, Entry]:
+    floor = convention.extraction_strength_floor
     return {
         "extraction_strength": {
             "value_by_index": {
-                str(i): {"score": m.extraction_strength(_without_eos(s.correct))} for i, s in enumerate(forget)
+                str(i): {"score": m.extraction_strength(_without_eos(s.correct), floor)} for i, s in enumerate(forget)
             }
         },
         "exact_memorization": {

@@ -11,11 +11,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from geffect.data.collate import collate, encode_qa, pad_token_id
 from geffect.data.templates import Template
 from geffect.errors import UsageError
+from geffect.progress import progress
 from geffect.tokens import IGNORE_INDEX
 
 
@@ -58,7 +58,7 @@ def score_answers(
     pad = pad_token_id(tokenizer)
     results: list[TokenStats | None] = [None] * len(items)
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    for rows in tqdm(batches, desc=desc, leave=False, disable=None):
+    for rows in progress(batches, desc=desc):  # a bar on a terminal, plain lines in a log
         batch = collate([items[i] for i in rows], pad, padding_side="right")
         for row, stats in zip(rows, _score_batch(model, batch, with_distribution)):
             if not np.isfinite(stats.avg_nll):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping
 
+from geffect.evaluation.conventions import convention_of, differences
 from geffect.evaluation.logs import EvalLog, check_retain_compatible, eval_log_from_dict
 from geffect.evaluation.registry import METRICS, UTILITY_COMPONENTS
 
@@ -19,7 +21,24 @@ def recompute(evaluation: EvalLog | Mapping[str, Any], retain: EvalLog | Mapping
         check_retain_compatible(log, retain_log)
     result = log.completed(retain_log)
     result.meta["retain_log"] = None if retain_log is None else retain_log.source
+    warning = None if retain_log is None else convention_warning(log, retain_log)
+    if warning:
+        logging.getLogger(__name__).warning(warning)
+    result.meta["convention_warning"] = warning
     return result
+
+
+def convention_warning(log: EvalLog, retain: EvalLog) -> str | None:
+    """A sentence when the model's and the retain model's logs were made under different conventions (their
+    forget quality compares different numbers), else None."""
+    mine, theirs = convention_of(log.meta), convention_of(retain.meta)
+    diff = differences(mine, theirs)
+    if not diff:
+        return None
+    return (
+        f"{log.source} was evaluated under convention {mine.name} but the retain log {retain.source} under "
+        f"{theirs.name} ({'; '.join(diff)}): forget quality compares numbers computed differently"
+    )
 
 
 def summarize(
@@ -37,6 +56,8 @@ def summarize(
     summary["forget_quality_ks_statistic"] = _plain(log.entries.get("forget_quality", {}).get("ks_statistic"))
     for key in ("convention", "ds_size", "forget_split", "set_sizes", "source_format", "retain_log"):
         summary[key] = log.meta.get(key)
+    summary["conventions"] = convention_of(log.meta).record()
+    summary["convention_warning"] = log.meta.get("convention_warning")
     return summary
 
 

@@ -1,8 +1,9 @@
 """The `tiny` preset: a byte-level BPE tokenizer trained on the benchmark's own text and a small Llama model.
 
-Everything `--model tiny` means lives in `TinyPreset`: the architecture and the fine-tuning defaults that let
-the target and the retain90 model of the 100-author built-in benchmark each reproduce >= 90% of their training
-answers after a few minutes on two CPU cores (see benchmarks/bench_finetune.py).
+Everything `--model tiny` means lives in `TinyPreset`: the architecture and the fine-tuning defaults of the
+target and retain models of the 100-author built-in benchmark (see benchmarks/bench_finetune.py). Six decoder
+layers, so that the G-effect's layer groups (shallow, middle, deep: a third of the layers each) hold two layers
+each; the tests build far smaller models through `model_overrides`.
 
 The tokenizer is trained on *every* split of a data folder (full, general, perturbed, holdout, ...) plus the
 refusal strings, so that the target model and every retain model of one benchmark share one tokenizer and
@@ -27,19 +28,23 @@ class TinyPreset:
     # tokenizer
     vocab_size: int = 4096
     min_frequency: int = 2
-    # model (Llama architecture): wide and shallow learns these facts fastest per CPU second (measured)
-    hidden_size: int = 256
-    intermediate_size: int = 1024
-    num_hidden_layers: int = 2
+    # model (Llama architecture). Two layers of width 256 learnt these facts fastest per CPU second, but the
+    # per-layer analysis needs depth: 6 layers of width 192 cost 1.44x a training step of that model and 1.9x
+    # a generated token (one core; 6 x 128 cost 0.76x / 1.4x, 6 x 160 1.02x / 1.65x). Depth memorises more
+    # slowly: after 8 epochs at lr 1e-3 the 6 x 192 model reproduced 69% of 500 `full` answers (6 x 128 at
+    # lr 1.5e-3: 55%), hence the 2-layer recipe's 14 epochs.
+    hidden_size: int = 192
+    intermediate_size: int = 768
+    num_hidden_layers: int = 6
     num_attention_heads: int = 4
     max_position_embeddings: int = 512
     tie_word_embeddings: bool = False
     rope_theta: float = 10000.0
     initializer_range: float = 0.02
-    # fine-tuning defaults (benchmarks/bench_finetune.py: 100 authors, exact match over all training answers,
-    # full split, one core): lr 1e-3 x 15 epochs reproduces 100% (lr 1.5e-3: 99.4%, 2e-3 x 20 epochs: 98.5%,
-    # 3e-3 diverges to a plateau). Small batches matter: the number of optimiser steps, not of tokens, drives
-    # memorisation (batch 16 at 30 epochs did far worse than batch 8).
+    # fine-tuning defaults (measured on the 2-layer model, benchmarks/bench_finetune.py: 100 authors, exact
+    # match over all training answers, full split, one core): lr 1e-3 x 15 epochs reproduces 100% (lr 1.5e-3:
+    # 99.4%, 2e-3 x 20 epochs: 98.5%, 3e-3 diverges to a plateau). Small batches matter: the number of
+    # optimiser steps, not of tokens, drives memorisation (batch 16 at 30 epochs did far worse than batch 8).
     epochs: int = 14
     lr: float = 1e-3
     batch_size: int = 8

@@ -39,3 +39,16 @@ DPO = ForgetMethod(
     weighted=True,
     summary="-(2/b) mean_i log sigmoid(b ((s-s_ref)(orig) - (s-s_ref)(idk)))",
 )
+
+# AltPO (Mekala et al. 2024): the same loss with a plausible alternate answer as the preferred one. OpenUnlearning
+# (d3d7cf9, community/methods/AltPO/run.sh) runs its DPO trainer on QAwithAlternateDataset; the alternates come
+# from `--alternates FILE` (community/methods/AltPO/generate.py's JSON Lines).
+ALTPO = ForgetMethod(
+    name="AltPO",
+    compute=dpo,
+    hparams={"beta": HParam(0.1, positive, "inverse temperature")},
+    needs_reference=True,
+    needs_idk=True,
+    weighted=True,
+    summary="-(2/b) mean_i log sigmoid(b ((s-s_ref)(orig) - (s-s_ref)(alternate)))",
+)

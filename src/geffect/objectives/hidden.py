@@ -65,6 +65,37 @@ def forward_with_hidden(model: nn.Module, batch: Batch, layer: int) -> tuple[tor
     return logits, cache[0]
 
 
+def resolve_hidden_state(model: nn.Module, index: int) -> int:
+    """An index into HF's `output_hidden_states` tuple (0 = embeddings, n = after the final norm); -1 picks n,
+    the paper code's `hidden_states[32]` of a 32-layer model."""
+    n_layers = len(decoder_layers(model))
+    if index == -1:
+        return n_layers
+    if not 0 <= index <= n_layers:
+        raise UsageError(
+            f"hidden-state index {index} is out of range for a model with {n_layers} decoder layers; "
+            f"use 0..{n_layers} or -1"
+        )
+    return index
+
+
+def forward_with_hidden_state(model: nn.Module, batch: Batch, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, `hidden_states[index]` [B, T, d]) from one forward pass with `output_hidden_states`."""
+    out = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False, output_hidden_states=True
+    )
+    return out.logits, out.hidden_states[index]
+
+
+def hidden_for(model: nn.Module, batch: Batch, hparams) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, the steered hidden state) as `hparams` count layers: `hidden_states_index` 0 = the output of decoder
+    layer `layer` (OpenUnlearning's module_regex model.layers.L), 1 = HF's hidden_states[layer] (the paper code)."""
+    layer = int(hparams["layer"])
+    if hparams.get("hidden_states_index", 0.0):
+        return forward_with_hidden_state(model, batch, resolve_hidden_state(model, layer))
+    return forward_with_hidden(model, batch, resolve_layer(model, layer))
+
+
 def activation_mse(hidden: torch.Tensor, target: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """OpenUnlearning's RMU distance: mean over items of (mean over the item's answer positions of mean_d (h-t)^2).
 

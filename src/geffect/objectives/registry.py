@@ -14,10 +14,13 @@ from torch import nn
 
 from geffect.errors import UsageError
 from geffect.objectives.base import LossOutput, UnlearnBatch
-from geffect.objectives.dpo import DPO
+from geffect.objectives.ceu import CEU
+from geffect.objectives.dpo import ALTPO, DPO
 from geffect.objectives.grad_ascent import GRAD_ASCENT, GRAD_DIFF
 from geffect.objectives.idkpo import IDKPO
 from geffect.objectives.npo import NPO
+from geffect.objectives.pdu import PDU
+from geffect.objectives.presets import DEFAULT_PRESET, preset_defaults
 from geffect.objectives.retain import KL_MASKS, RETAIN_LOSSES
 from geffect.objectives.rmu import RMU
 from geffect.objectives.satimp import SATIMP
@@ -41,6 +44,9 @@ METHODS: tuple[ForgetMethod, ...] = (
     WTNPO,
     SATIMP,
     UNDIAL,
+    CEU,
+    PDU,
+    ALTPO,
 )
 
 
@@ -99,21 +105,26 @@ def parse_method_spec(spec: str) -> tuple[str, str | None]:
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
+    """What a run asks for; None (and missing hyper-parameters) take the preset's defaults (objectives/presets.py).
+    `build_objective` resolves every field, so an Objective's config holds the effective values."""
+
     method: str  # registry name or alias, e.g. "NPO", "GA"
-    retain_loss: str | None = None  # None -> the method's default ("none" | "NLL" | "KL" | "MSE")
-    gamma: float = 1.0
-    alpha: float = 1.0
-    hparams: Mapping[str, float] = field(default_factory=dict)  # missing ones take the method's defaults
-    kl_mask: str = "answer"  # or "all" (the reference code's unmasked average, padding included)
+    retain_loss: str | None = None  # None -> the preset's ("none" | "NLL" | "KL" | "MSE")
+    gamma: float | None = None  # None -> the preset's (geffect: 1)
+    alpha: float | None = None  # None -> the preset's (geffect: 1)
+    hparams: Mapping[str, float] = field(default_factory=dict)  # missing ones take the preset's defaults
+    kl_mask: str | None = None  # "answer" or "all" (the reference code's unmasked average); None -> the preset's
+    preset: str = DEFAULT_PRESET
 
 
 def objective_config(
     spec: str,
     retain_loss: str | None = None,
-    gamma: float = 1.0,
-    alpha: float = 1.0,
+    gamma: float | None = None,
+    alpha: float | None = None,
     hparams: Mapping[str, float] | None = None,
-    kl_mask: str = "answer",
+    kl_mask: str | None = None,
+    preset: str = DEFAULT_PRESET,
 ) -> ObjectiveConfig:
     """The ObjectiveConfig of a method spec ("NPO" or "NPO+KL") with its settings; a retain loss named both in
     the spec and in `retain_loss` must be the same."""
@@ -129,10 +140,13 @@ def objective_config(
         alpha=alpha,
         hparams=dict(hparams or {}),
         kl_mask=kl_mask,
+        preset=preset,
     )
 
 
-def _resolve_hparams(method: ForgetMethod, retain: RetainLoss, given: Mapping[str, float]) -> dict[str, float]:
+def _resolve_hparams(
+    method: ForgetMethod, retain: RetainLoss, given: Mapping[str, float], preset: Mapping[str, float]
+) -> dict[str, float]:
     specs: dict[str, HParam] = {**retain.hparams, **method.hparams}
     unknown = sorted(set(given) - set(specs))
     if unknown:
@@ -142,7 +156,7 @@ def _resolve_hparams(method: ForgetMethod, retain: RetainLoss, given: Mapping[st
         )
     resolved = {}
     for name, spec in specs.items():
-        value = given.get(name, spec.default)
+        value = given.get(name, preset.get(name, spec.default))
         error = check_finite(f"{method.name} {name}", value)
         if error:
             raise UsageError(error)
@@ -198,7 +212,9 @@ class Objective:
         forget = self.method.compute(ctx)
         loss = self.config.gamma * forget.loss
         retain = self.retain.compute(ctx) if self.retain.compute is not None else None
-        if retain is not None:
+        if retain is not None and self.method.dual_retain is not None:
+            loss = loss + self.method.dual_retain(ctx, retain.loss.to(loss.device), self.config.alpha)
+        elif retain is not None:
             loss = loss + self.config.alpha * retain.loss.to(loss.device)
         return LossOutput(
             loss=loss,
@@ -211,23 +227,35 @@ class Objective:
         )
 
 
+def _given_or(value, default):
+    return default if value is None else value
+
+
 def build_objective(config: ObjectiveConfig) -> Objective:
-    """Validate `config` (UsageError with one line on bad input) and build its Objective."""
+    """Validate `config` (UsageError with one line on bad input) and build its Objective; every field the config
+    leaves open takes its preset's default (objectives/presets.py)."""
     method = get_method(config.method)
-    retain = get_retain_loss(config.retain_loss if config.retain_loss is not None else method.default_retain)
-    for name in ("gamma", "alpha"):
-        error = check_finite(name, getattr(config, name))
+    row = preset_defaults(config.preset, method.name)
+    retain = get_retain_loss(_given_or(config.retain_loss, _given_or(row.retain_loss, method.default_retain)))
+    gamma, alpha = (
+        _given_or(config.gamma, _given_or(row.gamma, 1.0)),
+        _given_or(config.alpha, _given_or(row.alpha, 1.0)),
+    )
+    for name, value in (("gamma", gamma), ("alpha", alpha)):
+        error = check_finite(name, value)
         if error:
             raise UsageError(error)
-    if config.kl_mask not in KL_MASKS:
-        raise UsageError(f"unknown kl_mask {config.kl_mask!r}; choose one of: {', '.join(KL_MASKS)}")
-    hparams = _resolve_hparams(method, retain, dict(config.hparams or {}))
+    kl_mask = _given_or(config.kl_mask, _given_or(row.kl_mask, "answer"))
+    if kl_mask not in KL_MASKS:
+        raise UsageError(f"unknown kl_mask {kl_mask!r}; choose one of: {', '.join(KL_MASKS)}")
+    hparams = _resolve_hparams(method, retain, dict(config.hparams or {}), row.hparams)
     resolved = ObjectiveConfig(
         method=method.name,
         retain_loss=retain.name,
-        gamma=float(config.gamma),
-        alpha=float(config.alpha),
+        gamma=float(gamma),
+        alpha=float(alpha),
         hparams=hparams,
-        kl_mask=config.kl_mask,
+        kl_mask=kl_mask,
+        preset=config.preset,
     )
     return Objective(resolved, method, retain)

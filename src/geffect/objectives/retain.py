@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from geffect.objectives.base import Batch
-from geffect.objectives.hidden import activation_mse, forward_with_hidden, resolve_layer
-from geffect.objectives.rmu import LAYER
+from geffect.objectives.hidden import activation_mse, hidden_for
+from geffect.objectives.rmu import HIDDEN_STATES_INDEX, LAYER
 from geffect.objectives.spec import LossContext, RetainLoss, RetainTerms
 from geffect.objectives.tokens import forward_logits, score_logits, widen
 
@@ -49,10 +49,9 @@ def mse(ctx: LossContext) -> RetainTerms:
     batch = retain_batch(ctx)
     if ctx.ref_model is None:
         raise ValueError("the MSE retain loss needs the frozen reference model: pass ref_model")
-    layer = resolve_layer(ctx.model, int(ctx.hparams["layer"]))
-    logits, hidden = forward_with_hidden(ctx.model, batch, layer)
+    logits, hidden = hidden_for(ctx.model, batch, ctx.hparams)
     with torch.no_grad():
-        _, ref_hidden = forward_with_hidden(ctx.ref_model, batch, layer)
+        _, ref_hidden = hidden_for(ctx.ref_model, batch, ctx.hparams)
     loss = activation_mse(hidden, ref_hidden.to(hidden.device), batch["labels"])
     return RetainTerms(loss=loss, risk=score_logits(logits, batch["labels"]).risk())
 
@@ -62,6 +61,10 @@ RETAIN_LOSSES = (
     RetainLoss(name="NLL", compute=nll, aliases=("GD",), summary="R(retain)"),
     RetainLoss(name="KL", compute=kl, needs_reference=True, summary="KL(pi_ref || pi_theta) on retain"),
     RetainLoss(
-        name="MSE", compute=mse, hparams={"layer": LAYER}, needs_reference=True, summary="hidden-state MSE to pi_ref"
+        name="MSE",
+        compute=mse,
+        hparams={"layer": LAYER, "hidden_states_index": HIDDEN_STATES_INDEX},
+        needs_reference=True,
+        summary="hidden-state MSE to pi_ref",
     ),
 )

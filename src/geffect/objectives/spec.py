@@ -91,6 +91,9 @@ class ForgetMethod:
     weighted: bool = False
     # Per-run state drawn once at setup (RMU's random direction): (model, generator, hparams) -> tensors.
     init_state: Callable[[nn.Module, torch.Generator, Mapping[str, float]], dict[str, torch.Tensor]] | None = None
+    # A retain term whose weight is the objective's state (PDU's dual variable): (ctx, retain loss, alpha) -> the
+    # weighted term to add; None: alpha * retain loss.
+    dual_retain: Callable[[LossContext, torch.Tensor, float], torch.Tensor] | None = None
     summary: str = ""
 
 

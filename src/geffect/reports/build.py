@@ -1,4 +1,5 @@
-"""The whole report of a study folder, in dependency order: run figures, tables, comparison figures, index.html."""
+"""The whole report of a study folder, in dependency order: run figures, claims, tables, comparison figures,
+index.html."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ from pathlib import Path
 from geffect.reports.compare import write_comparison_figures
 from geffect.reports.geffect_plots import plot_run
 from geffect.reports.html import render_index
+from geffect.reports.real_step import plot_real_step
+from geffect.reports.relearn import write_relearn
+from geffect.reports.runfiles import read_json
 from geffect.reports.tables import read_manifest, write_tables
+from geffect.study.claims import claims_markdown, write_claims
 
 
 def write_report(study_dir: str | Path, title: str = "geffect study report") -> dict[str, Path]:
@@ -16,7 +21,10 @@ def write_report(study_dir: str | Path, title: str = "geffect study report") -> 
     for entry in read_manifest(study_dir):
         if entry.kind == "run" and entry.run_dir and (study_dir / entry.run_dir).is_dir():
             plot_run(study_dir / entry.run_dir)
-    csv_path, md_path = write_tables(study_dir)
+            plot_real_step(study_dir / entry.run_dir)  # with the tracker's `applied`: u's prediction against e's
+    claims_path = write_claims(study_dir)
+    relearn_md, _ = write_relearn(study_dir)  # before/after the relearning attacks, when the study ran them
+    csv_path, md_path = write_tables(study_dir, appendix=claims_markdown(read_json(claims_path)) + relearn_md)
     figures = write_comparison_figures(study_dir)
     index = render_index(study_dir, title=title)
-    return {"results_csv": csv_path, "results_md": md_path, **figures, "index": index}
+    return {"results_csv": csv_path, "results_md": md_path, "claims": claims_path, **figures, "index": index}

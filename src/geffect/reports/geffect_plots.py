@@ -236,34 +236,49 @@ def measured_risk_change(run: RunFiles, side: str) -> tuple[np.ndarray, np.ndarr
 
 
 def plot_predicted_vs_measured(run: RunFiles, path: Path) -> Path | None:
-    """Cumulative first-order prediction -Σ η_t e_t against the measured change of the forget and retain risks."""
+    """First-order prediction against the measured change of the forget and retain risks: cumulatively
+    (-Σ η_t e_t, top row) and per step (-η_t e_t against the change over that step, bottom row), so that one
+    sees at which steps the linear approximation holds."""
     sides = (("u", "forget set risk R(D_u)"), ("r", "retain set risk R(D_r)"))
     if not run.geffect or not any(
         np.isfinite(step_series(run.geffect, lambda r, s=s: predicted_change(r, s))[1]).any() for s, _ in sides
     ):
         return None
     plt = use_agg()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True, layout="constrained")
-    for ax, (side, title) in zip(axes, sides):
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.6), sharex=True, layout="constrained")
+    for column, (side, title) in enumerate(sides):
         steps, values = step_series(run.geffect, lambda r, s=side: predicted_change(r, s))
         start = steps[0] - 1 if len(steps) else 0.0
-        ax.plot(
-            np.r_[start, steps],
-            np.r_[0.0, values],
-            marker=".",
-            label="predicted: -Σ η·e (first order, plain gradient step)",
-        )
+        predicted_x, predicted = np.r_[start, steps], np.r_[0.0, values]
         m_steps, m_values, what = measured_risk_change(run, side)
-        if len(m_steps):
-            ax.plot(m_steps, m_values, linestyle="--", label=f"measured change ({what})")
-        zero_line(ax)
-        ax.set(xlabel=f"after {STEP_LABEL}", ylabel="change of mean token NLL (nats)", title=title)
-        ax.legend(fontsize=7)
+        for row, (transform, kind) in enumerate(((_same, "cumulative"), (_per_step, "per step"))):
+            ax = axes[row, column]
+            x, y = transform(predicted_x, predicted)
+            ax.plot(x, y, marker=".", label="predicted: -η·e (first order, plain gradient step)")
+            if len(m_steps):
+                x, y = transform(m_steps, m_values)
+                ax.plot(x, y, linestyle="--", marker="x" if row else None, label=what)
+            zero_line(ax)
+            ax.set(
+                xlabel=f"after {STEP_LABEL}",
+                ylabel="Δ mean token NLL (nats)",
+                title=f"{title}, {kind}",
+            )
+            ax.legend(fontsize=7)
     fig.suptitle(
         f"{run.name}: predicted vs measured risk change\n"
         "(the prediction assumes plain gradient steps θ' = θ - η∇L; adaptive optimizers such as AdamW step differently)"
     )
     return save_figure(fig, path)
+
+
+def _same(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return x, y
+
+
+def _per_step(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The change over each step of a cumulative series, at the step it was reached after."""
+    return x[1:], np.diff(y)
 
 
 FIGURES: dict[str, Callable[[RunFiles, Path], Path | None]] = {

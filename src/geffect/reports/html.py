@@ -15,8 +15,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from geffect.io import atomic_write_text
+from geffect.reports.conventions import conventions_html
+from geffect.reports.relearn import relearn_html
 from geffect.reports.runfiles import read_json
-from geffect.reports.tables import COLUMNS, NUMBER_COLUMNS, format_number, read_manifest, read_results_csv
+from geffect.reports.tables import (
+    COLUMNS,
+    NUMBER_COLUMNS,
+    SPREAD_NOTE,
+    SUMMARY_NUMBER_COLUMNS,
+    format_number,
+    format_spread,
+    method_summary,
+    read_manifest,
+    read_results_csv,
+)
 from geffect.runfolder import RunFolder
 from geffect.studyfolder import StudyFolder
 
@@ -29,6 +41,9 @@ COLUMN_TITLES = {
     "extraction_strength": "teacher-forced extraction strength on the forget set",
     "final_e_u": "unlearning G-effect at the last measured step (negative = removes knowledge)",
     "final_e_r": "retaining G-effect at the last measured step (non-negative = keeps retained data)",
+    "fq_at_matched_utility": "best forget quality among the run's points with model utility >= 0.9 of the target's "
+    "(points subset)",
+    "points": "evaluation points of the run's path, the target (step 0) included",
 }
 
 STYLE = """
@@ -86,6 +101,43 @@ def _results_table(rows: list[dict]) -> str:
     return f'<div class="scroll"><table id="results"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
+def _summary_table(rows: list[dict]) -> str:
+    columns = ("method", "forget_split", "params", "seeds", *SUMMARY_NUMBER_COLUMNS)
+    head = "".join(f'<th title="{html.escape(COLUMN_TITLES.get(c, c))}">{html.escape(c)}</th>' for c in columns)
+    body = []
+    for entry in method_summary(rows):
+        cells = []
+        for column in columns:
+            if column in SUMMARY_NUMBER_COLUMNS:
+                cells.append(f'<td data-summary="{column}">{html.escape(format_spread(entry[column]))}</td>')
+            else:
+                cells.append(f'<td class="label">{html.escape(str(entry[column]))}</td>')
+        body.append(f'<tr class="{html.escape(entry["kind"])}">{"".join(cells)}</tr>')
+    return (
+        f'<p class="note">{html.escape(SPREAD_NOTE)}</p><div class="scroll"><table id="per-method"><thead><tr>{head}'
+        f"</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+def _claims(study_dir: Path) -> str:
+    """The claims of claims.json: claim, quantity, verdict, and the values per seed."""
+    path = study_dir / "claims.json"
+    if not path.exists():
+        return ""
+    items = []
+    for claim in read_json(path)["claims"]:
+        seeds = "".join(
+            f"<li>{html.escape(s['forget_split'])} seed {s['seed']}: {'holds' if s['holds'] else 'does not hold'} "
+            f"({html.escape(', '.join(f'{k} {format_number(v)}' for k, v in s['values'].items()))})</li>"
+            for s in claim["per_seed"]
+        )
+        items.append(
+            f'<li data-claim="{claim["id"]}"><b>{html.escape(claim["claim"])}</b>: {html.escape(claim["verdict"])}.'
+            f'<br><span class="note">Quantity: {html.escape(claim["quantity"])}.</span><ul>{seeds}</ul></li>'
+        )
+    return f'<h2>The paper\'s claims</h2><p class="note">From <code>claims.json</code>.</p><ol>{"".join(items)}</ol>'
+
+
 def _timings(study_dir: Path) -> str:
     path = study_dir / StudyFolder.TIMINGS
     if not path.exists():
@@ -129,12 +181,17 @@ def render_index(study_dir: str | Path, title: str = "geffect study report") -> 
 <p class="note">Generated {generated} from the files in this folder. G-effect sign convention: e = ∇R·∇L<sub>u</sub>;
 e<sub>u</sub> &lt; 0 removes the forget set's knowledge, e<sub>r</sub> ≥ 0 keeps the retain set's. Hover a column
 name for its definition; exact values are in <code>results.csv</code>.</p>
-<h2>Results</h2>
+<h2>Results per method</h2>
+{_summary_table(rows)}
+{_claims(study_dir)}
+<h2>Results per run</h2>
 {_results_table(rows)}
 <h2>Comparison</h2>
 {_figures(study_dir, study_dir / StudyFolder.FIGURES)}
+{relearn_html(study_dir)}
 <h2>Per-method G-effects</h2>
 {"".join(run_sections) or '<p class="note">no unlearning runs</p>'}
+{conventions_html(study_dir)}
 {_timings(study_dir)}
 <h2>Configuration</h2>
 <details><summary>study.yaml (resolved)</summary><pre>{html.escape(config)}</pre></details>

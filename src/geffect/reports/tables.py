@@ -30,8 +30,9 @@ SUMMARY_COLUMNS: dict[str, str] = {
     "extraction_strength": "extraction_strength",
 }
 EFFECT_COLUMNS: dict[str, str] = {"final_e_u": "e_u", "final_e_r": "e_r"}
+PATH_COLUMNS = ("fq_at_matched_utility", "points")  # from the points along the run (reports/paths.py)
 LABEL_COLUMNS = ("name", "kind", "method", "forget_split", "seed", "params")
-NUMBER_COLUMNS = (*SUMMARY_COLUMNS, *EFFECT_COLUMNS)
+NUMBER_COLUMNS = (*SUMMARY_COLUMNS, *EFFECT_COLUMNS, *PATH_COLUMNS)
 COLUMNS = (*LABEL_COLUMNS, *NUMBER_COLUMNS)
 
 
@@ -47,6 +48,7 @@ class ManifestEntry:
     seed: int | None = None
     params: dict | None = None
     run_dir: str | None = None
+    points_dir: str | None = None  # the points along the run (the target's: on the points subset)
 
     @classmethod
     def from_dict(cls, data: dict) -> "ManifestEntry":
@@ -62,9 +64,13 @@ def read_manifest(study_dir: str | Path) -> list[ManifestEntry]:
 
 def build_rows(study_dir: str | Path) -> list[dict]:
     """One dict per manifest entry whose evaluation exists, with every column of COLUMNS (NaN when missing)."""
+    from geffect.reports.paths import fq_at_matched_utility, study_paths
+
     study_dir = Path(study_dir)
+    entries = read_manifest(study_dir)
+    paths = study_paths(study_dir, entries)
     rows = []
-    for entry in read_manifest(study_dir):
+    for entry in entries:
         summary_path = study_dir / entry.eval_dir / SUMMARY_FILE
         if not summary_path.exists():
             continue
@@ -80,6 +86,9 @@ def build_rows(study_dir: str | Path) -> list[dict]:
         row.update({column: as_float(summary.get(key)) for column, key in SUMMARY_COLUMNS.items()})
         effects = final_effects(read_run(study_dir / entry.run_dir)) if entry.run_dir else {}
         row.update({column: effects.get(key, math.nan) for column, key in EFFECT_COLUMNS.items()})
+        path = paths.get(entry.name, [])
+        row["fq_at_matched_utility"] = fq_at_matched_utility(path)
+        row["points"] = float(len(path)) if path else math.nan
         rows.append(row)
     return rows
 
@@ -107,9 +116,64 @@ def format_number(value: float) -> str:
 
 
 MARKDOWN_COLUMNS = ("method", "forget_split", "seed", "params", *NUMBER_COLUMNS)
+# p-values span decades: their centre over seeds is the geometric mean, the others' the arithmetic mean
+GEOMETRIC_COLUMNS = ("forget_quality", "fq_at_matched_utility")
+SUMMARY_NUMBER_COLUMNS = tuple(c for c in NUMBER_COLUMNS if c != "points")
+SPREAD_NOTE = (
+    "Per method over its seeds: mean [min, max] (forget quality and forget quality at matched utility: geometric "
+    "mean, as p-values span decades). Forget quality at matched utility: the best forget quality among a run's "
+    "points along the run whose model utility is at least 0.9 of the target's, all scored on the points subset "
+    "(the first eval.points_ds_size items of each set, the same for every run)."
+)
 
 
-def to_markdown(rows: list[dict]) -> str:
+def _centre(column: str, values: list[float]) -> float:
+    if column in GEOMETRIC_COLUMNS:
+        if any(v <= 0 for v in values):
+            return min(values)  # a p-value of 0 pulls the geometric mean to 0
+        return float(math.exp(sum(math.log(v) for v in values) / len(values)))
+    return sum(values) / len(values)
+
+
+def method_summary(rows: list[dict]) -> list[dict]:
+    """One row per method (and forget split and params) over its seeds: `seeds`, then per number column
+    (mean, min, max) of its finite values, None when it has none. Target and retain rows pass through."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["kind"], row["method"], row["forget_split"], row["params"]), []).append(row)
+    summary = []
+    for (kind, method, split, params), members in groups.items():
+        seeds = len(members) if kind == "run" else ""  # the target and retain rows are no seeds
+        entry = {"kind": kind, "method": method, "forget_split": split, "params": params, "seeds": seeds}
+        for column in SUMMARY_NUMBER_COLUMNS:
+            values = [r[column] for r in members if isinstance(r[column], float) and math.isfinite(r[column])]
+            entry[column] = (_centre(column, values), min(values), max(values)) if values else None
+        summary.append(entry)
+    return summary
+
+
+def format_spread(value: tuple[float, float, float] | None) -> str:
+    if value is None:
+        return "—"
+    centre, low, high = value
+    if low == high:
+        return format_number(centre)
+    return f"{format_number(centre)} [{format_number(low)}, {format_number(high)}]"
+
+
+def summary_markdown(rows: list[dict]) -> str:
+    columns = ("method", "forget_split", "params", "seeds", *SUMMARY_NUMBER_COLUMNS)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for entry in method_summary(rows):
+        cells = [
+            format_spread(entry[c]) if c in SUMMARY_NUMBER_COLUMNS else str(entry[c]).replace("|", "\\|")
+            for c in columns
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def runs_markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(MARKDOWN_COLUMNS) + " |", "|" + "---|" * len(MARKDOWN_COLUMNS)]
     for row in rows:
         cells = [
@@ -117,6 +181,11 @@ def to_markdown(rows: list[dict]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def to_markdown(rows: list[dict]) -> str:
+    """results.md: the per-method table (mean and spread over seeds), then one row per run."""
+    return f"## Per method\n\n{SPREAD_NOTE}\n\n{summary_markdown(rows)}\n## Per run\n\n{runs_markdown(rows)}"
 
 
 def read_results_csv(path: str | Path) -> list[dict]:
@@ -129,11 +198,13 @@ def read_results_csv(path: str | Path) -> list[dict]:
     return rows
 
 
-def write_tables(study_dir: str | Path) -> tuple[Path, Path]:
-    """Write results.csv and results.md into the study folder, from its files; returns both paths."""
+def write_tables(study_dir: str | Path, appendix: str = "") -> tuple[Path, Path]:
+    """Write results.csv and results.md (with `appendix` at its end, e.g. the claims) into the study folder,
+    from its files; returns both paths."""
     study_dir = Path(study_dir)
     rows = build_rows(study_dir)
+    markdown = to_markdown(rows) + (f"\n{appendix}" if appendix else "")
     return (
         atomic_write_text(study_dir / StudyFolder.RESULTS_CSV, to_csv(rows)),
-        atomic_write_text(study_dir / StudyFolder.RESULTS_MD, to_markdown(rows)),
+        atomic_write_text(study_dir / StudyFolder.RESULTS_MD, markdown),
     )

@@ -20,9 +20,12 @@ import yaml
 from geffect.data.tofu import FORGET_SPLITS
 from geffect.effects.config import TrackerConfig
 from geffect.errors import UsageError
-from geffect.evaluation.config import EvalConfig
+from geffect.io import yaml_load_unique
+from geffect.models.validate import HUB_ID
 from geffect.options import check, default_of, from_mapping, section_fields, section_values
 from geffect.schema import build, convert, fail
+from geffect.study.along import StudyEval
+from geffect.study.relearn import RelearnSection
 from geffect.training.config import UnlearnConfig
 from geffect.training.finetune_config import FinetuneConfig
 
@@ -41,6 +44,9 @@ class BenchmarkSection:
 
     builtin: BuiltinBenchmark | None = None
     source: str | None = None
+    # With `source`: cut it to the forget split's authors plus the first N retain authors (geffect data slice),
+    # written into the study folder; for small machines.
+    retain_authors: int | None = None
 
 
 @dataclass
@@ -69,6 +75,9 @@ class MethodSection:
     params: dict[str, float] = field(default_factory=dict)
     grid: dict[str, list[float]] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    # the update rule of this method's runs (geffect.updates), shorthands of training.update / update_params
+    update: str | None = None
+    update_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -101,7 +110,8 @@ class StudyConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     training: dict[str, Any] = field(default_factory=dict)  # UnlearnConfig options of every unlearning run
     geffect: Tracking = field(default_factory=Tracking)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: StudyEval = field(default_factory=StudyEval)  # EvalConfig + the points along each run
+    relearn: RelearnSection | None = None  # the relearning attack after each run (geffect.study.relearn)
     # On a CPU-only machine run independent stages (the fine-tunes, then the unlearning runs, then their
     # evaluations) side by side, one process per core: small models barely gain from a second thread.
     side_by_side: bool = True
@@ -126,7 +136,7 @@ def load_config(path: str | Path) -> StudyConfig:
             f"study configuration {path} does not exist; pass a YAML file such as examples/builtin-cpu.yaml"
         )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml_load_unique(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -141,7 +151,20 @@ def parse_config(data: Any, base_dir: str | Path = ".") -> StudyConfig:
     config = build(StudyConfig, data)
     config = _checked_sections(config)
     validate(config)
-    return resolve_paths(config, Path(base_dir))
+    config = resolve_paths(config, Path(base_dir))
+    check_benchmark_source(config.benchmark.source)
+    return config
+
+
+def check_benchmark_source(source: str | None) -> None:
+    """A benchmark source is an existing folder or a hub id (owner/name); a missing folder fails here, in
+    --dry-run too, not after the stages have started."""
+    if source is None or Path(source).exists():
+        return
+    if source.startswith("/") or not HUB_ID.match(source):
+        raise fail(
+            "benchmark.source", f"folder {source} does not exist; pass a TOFU folder or a hub id such as locuslab/TOFU"
+        )
 
 
 def _expand_shorthands(data: dict) -> dict:
@@ -164,10 +187,10 @@ def _expand_shorthands(data: dict) -> dict:
 
 def _checked_sections(config: StudyConfig) -> StudyConfig:
     """The option sections converted and checked against their declarations (UnlearnConfig for `training`
-    and each method's `training`, FinetuneConfig for `model.finetune`, EvalConfig for `eval`)."""
+    and each method's `training`, FinetuneConfig for `model.finetune`, StudyEval for `eval`)."""
     check(config.eval, "eval", by_key=True)
     methods = [
-        dataclasses.replace(m, training=section_values(UnlearnConfig, m.training, f"methods[{i}].training"))
+        dataclasses.replace(m, training=section_values(UnlearnConfig, _with_update(m, i), f"methods[{i}].training"))
         for i, m in enumerate(config.methods)
     ]
     finetune = section_values(FinetuneConfig, config.model.finetune, "model.finetune")
@@ -177,6 +200,34 @@ def _checked_sections(config: StudyConfig) -> StudyConfig:
         methods=methods,
         model=dataclasses.replace(config.model, finetune=finetune),
     )
+
+
+def _with_update(method: MethodSection, index: int) -> dict:
+    """The method's training overrides with its `update` / `update_params` folded in (checked with them)."""
+    from geffect.updates import resolve_params
+
+    training = dict(method.training or {})
+    if method.update is not None:
+        training["update"] = method.update
+    if method.update_params:
+        training["update_params"] = method.update_params
+    if "update" in training or "update_params" in training:
+        _reraise(
+            f"methods[{index}].update", resolve_params, training.get("update", "plain"), training.get("update_params")
+        )
+    return training
+
+
+def _check_slice(config: StudyConfig) -> None:
+    n = config.benchmark.retain_authors
+    if n is None:
+        return
+    if config.benchmark.source is None:
+        raise fail("benchmark.retain_authors", "slices a TOFU source: give benchmark.source with it")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise fail("benchmark.retain_authors", f"needs a whole number of authors >= 1, got {n!r}")
+    if len(config.forget_splits) != 1:
+        raise fail("benchmark.retain_authors", "a slice is cut for one forget split; list exactly one in forget_splits")
 
 
 def validate(config: StudyConfig) -> None:
@@ -193,6 +244,7 @@ def validate(config: StudyConfig) -> None:
             f"needs at least 10 authors (forget01 is 1% of them), got {bench.builtin.authors}",
         )
     _check_list("forget_splits", config.forget_splits, FORGET_SPLITS)
+    _check_slice(config)
     if not config.seeds:
         raise fail("seeds", "give at least one seed")
     if len(set(config.seeds)) != len(config.seeds):

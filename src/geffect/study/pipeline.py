@@ -17,22 +17,32 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from geffect.data.tofu import SLICE_FILE
 from geffect.errors import UsageError
 from geffect.evaluation.logs import EVAL_FILE, SUMMARY_FILE
-from geffect.io import atomic_write_json, atomic_write_text, check_output_place
+from geffect.io import (
+    atomic_write_json,
+    atomic_write_text,
+    check_output_place,
+    check_writable,
+    drop_set_aside,
+    set_aside,
+)
 from geffect.runfolder import RunFolder
 from geffect.study import stages
+from geffect.study.along import PointsJob
 from geffect.study.config import StudyConfig
-from geffect.study.plan import EVALS_DIR, How, StudyPlan, describe, plan_study, unlearn_config
+from geffect.study.plan import EVALS_DIR, How, StudyPlan, describe, plan_study, points_dir, unlearn_config
+from geffect.study.relearn import relearn_stages
 from geffect.study.stages import Stage
 from geffect.studyfolder import StudyFolder
 
+SLICE_DIR = "benchmark-slice"  # study-relative folder of a sliced TOFU source (benchmark.retain_authors)
 WAIT_POLL_SECONDS = 2.0
 
 
@@ -180,8 +190,24 @@ def _seconds(marker: Path) -> float:
 
 
 def _count_stages(plan: StudyPlan) -> int:
-    """benchmark (built-in only) + fine-tunes + references + target evaluations + 2 per run + report."""
-    return int(plan.builtin) + len(plan.finetunes) + 2 * len(plan.references) + 2 * len(plan.runs) + 1
+    """benchmark (built-in only) + fine-tunes + references + target evaluations (twice each with points along
+    the runs: the end-point sets and the points subset) + 2 per run + report."""
+    per_reference = 4 if plan.config.eval.every else 2
+    sliced = plan.config.benchmark.retain_authors is not None
+    return (
+        int(plan.builtin)
+        + int(sliced)
+        + len(plan.finetunes)
+        + per_reference * len(plan.references)
+        + 2 * len(plan.runs)
+        + 1
+        + _relearn_count(plan)
+    )
+
+
+def _relearn_count(plan: StudyPlan) -> int:
+    relearn = plan.config.relearn
+    return 0 if relearn is None else len(relearn.samples) * len(plan.runs)
 
 
 def _template(config: StudyConfig) -> str:
@@ -196,6 +222,7 @@ def _template(config: StudyConfig) -> str:
 
 def _manifest(plan: StudyPlan) -> dict:
     entries = []
+    along = plan.config.eval.every is not None
     for ref in plan.references:
         entries.append(
             {
@@ -203,6 +230,7 @@ def _manifest(plan: StudyPlan) -> dict:
                 "kind": "target",
                 "forget_split": ref.forget_split,
                 "eval_dir": f"{EVALS_DIR}/target-{ref.forget_split}",
+                **({"points_dir": points_dir(f"{EVALS_DIR}/target-{ref.forget_split}")} if along else {}),
             }
         )
         entries.append({"name": "retain", "kind": "retain", "forget_split": ref.forget_split, "eval_dir": ref.eval_dir})
@@ -217,6 +245,7 @@ def _manifest(plan: StudyPlan) -> dict:
                 "params": run.params,
                 "run_dir": run.folder,
                 "eval_dir": run.eval_dir,
+                **({"points_dir": points_dir(run.folder)} if along else {}),
             }
         )
     return {"entries": entries}
@@ -236,9 +265,10 @@ def _prepare_out(out: Path, overwrite: bool, processes: Processes, inputs: tuple
         raise UsageError(
             f"{out} exists and is not a study folder; choose another --out (or pass --overwrite to replace it)"
         )
+    check_writable(out)
     if processes.is_main:
         if overwrite and out.exists():
-            shutil.rmtree(out)
+            set_aside(out)  # removed once the new study has finished (`run_study`)
         out.mkdir(parents=True, exist_ok=True)
 
 
@@ -264,6 +294,7 @@ def run_study(
     result = StudyResult(out, plan, study.runner.records)
     if processes.is_main:
         result.index = study.report()
+        drop_set_aside(out)
     return result
 
 
@@ -274,15 +305,20 @@ class _Study:
         self.config, self.plan, self.out, self.runner = config, plan, out, runner
         self.template = _template(config)
         self.data = str(out / plan.benchmark) if plan.builtin else plan.benchmark
-        self.eval_options = asdict(config.eval)
+        if config.benchmark.retain_authors is not None:  # a slice of the source, cut into the study folder
+            self.data = str(out / SLICE_DIR)
+        self.eval_options = config.eval.end_point()
+        self.points_options = config.eval.points()
         self.bench_key = fingerprint({"source": plan.benchmark})
         self.model_keys: dict[str, str] = {}
         self.model_paths: dict[str, str] = {}
         self.reference_keys: dict[str, str] = {}
         self.reference_files: dict[str, str] = {}
+        self.points_keys: dict[str, str] = {}  # per forget split: the subset reference's fingerprint
+        self.points_files: dict[str, str] = {}  # per forget split: the subset reference's TOFU_EVAL.json
 
     def _evaluation(
-        self, name: str, key: dict, model: str, forget_split: str, reference: str | None, folder: Path
+        self, name: str, key: dict, model: str, forget_split: str, reference: str | None, folder: Path, options=None
     ) -> Stage:
         args = (
             model,
@@ -290,13 +326,15 @@ class _Study:
             forget_split,
             self.template,
             reference,
-            self.config.eval,
+            options or self.config.eval,
             folder,
             self.config.model.dtype,
         )
         return Stage("evaluate", name, key, stages.evaluate_model, args, (folder / SUMMARY_FILE,))
 
     def benchmark(self) -> None:
+        if self.config.benchmark.retain_authors is not None:
+            self._slice()
         if not self.plan.builtin:
             return
         b = self.config.benchmark.builtin
@@ -309,6 +347,15 @@ class _Study:
             (folder, b.authors, b.seed),
             (folder,),
         )
+        (self.bench_key,) = self.runner.run([stage])
+
+    def _slice(self) -> None:
+        bench = self.config.benchmark
+        folder = self.out / SLICE_DIR
+        forget = self.config.forget_splits[0]
+        key = {"source": bench.source, "forget": forget, "retain_authors": bench.retain_authors}
+        args = (folder, bench.source, forget, bench.retain_authors)
+        stage = Stage("benchmark", "slice", key, stages.slice_benchmark, args, (folder / SLICE_FILE,))
         (self.bench_key,) = self.runner.run([stage])
 
     def models(self) -> None:
@@ -384,6 +431,18 @@ class _Study:
                 stage = dataclasses.replace(stage, kind="reference")
                 self.reference_files[ref.forget_split] = str(folder / EVAL_FILE)
             (self.reference_keys[ref.forget_split],) = self.runner.run([stage])
+            if self.config.eval.every:
+                self._points_reference(ref, key)
+
+    def _points_reference(self, ref, key: dict) -> None:
+        """The retain model scored on the points subset: the reference of every point along the runs."""
+        split = ref.forget_split
+        folder = self.out / points_dir(ref.eval_dir)
+        key = {**key, "eval": asdict(self.points_options)}
+        model = self.model_paths[f"retain-{ref.retain_model.split}"]
+        stage = self._evaluation(f"{split}-points", key, model, split, None, folder, self.points_options)
+        (self.points_keys[split],) = self.runner.run([dataclasses.replace(stage, kind="reference")])
+        self.points_files[split] = str(folder / EVAL_FILE)
 
     @property
     def target(self) -> tuple[str, str]:
@@ -406,6 +465,22 @@ class _Study:
             self.runner.run(
                 [self._evaluation(f"target-{split}", key, path, split, self.reference_files[split], folder)]
             )
+            if self.config.eval.every:  # the step-0 point of every run's path
+                key = {**key, "reference": self.points_keys[split], "eval": asdict(self.points_options)}
+                folder, reference = self.out / points_dir(f"{EVALS_DIR}/target-{split}"), self.points_files[split]
+                stage = self._evaluation(
+                    f"target-{split}-points", key, path, split, reference, folder, self.points_options
+                )
+                self.runner.run([stage])
+
+    def points_job(self, run) -> PointsJob | None:
+        """What a run's EvalPoints callback needs (None without `eval.every`)."""
+        every = self.config.eval.every
+        if not every:
+            return None
+        split = run.forget_split
+        folder = str(self.out / points_dir(run.folder))
+        return PointsJob(every, self.data, split, self.template, self.points_files[split], self.points_options, folder)
 
     def unlearning_runs(self) -> None:
         if self.runner.processes.is_main:
@@ -422,6 +497,13 @@ class _Study:
                 "template": self.template,
                 "dtype": self.config.model.dtype,
             }
+            job = self.points_job(run)
+            if job is not None:  # the points are part of what the run writes
+                key["points"] = {
+                    "every": job.every,
+                    "eval": asdict(job.options),
+                    "reference": self.points_keys[run.forget_split],
+                }
             options = unlearn_config(self.config, run, model=path, data=self.data, out=str(folder))
             options.template = self.template
             unlearn_stages.append(
@@ -430,7 +512,7 @@ class _Study:
                     run.run_id,
                     key,
                     stages.unlearn_run,
-                    (options, self.config.geffect),
+                    (options, self.config.geffect, job),
                     (RunFolder(folder).summary_path,),
                     everywhere=True,
                 )
@@ -445,6 +527,7 @@ class _Study:
                 self._evaluation(run.run_id, key, model, run.forget_split, reference, self.out / run.eval_dir)
             )
         self._run_all(evaluations)
+        self._run_all(relearn_stages(self, self.plan.runs, run_keys))  # the relearning attacks, if any
 
     def report(self) -> Path:
         """Tables, figures and index.html from the files above (always redone: cheap, and never stale)."""

@@ -23,6 +23,7 @@ MODELS_DIR = "models"
 EVALS_DIR = "evals"
 RUNS_DIR = "runs"
 EVAL_SUBDIR = "eval"  # inside a run folder
+POINTS_SUBDIR = "points"  # inside a run folder or an evaluation folder: the points along the run (study/along.py)
 OBJECTIVE_KEYS = ("gamma", "alpha")
 
 
@@ -69,8 +70,8 @@ class RunPlan:
     forget_split: str
     seed: int
     hparams: dict[str, float]  # method hyper-parameters (fixed params and this grid point)
-    gamma: float
-    alpha: float
+    gamma: float | None  # None: the preset's (training.preset)
+    alpha: float | None
     grid_point: dict[str, float]  # the grid's values for this run (for names and tables)
     training: dict[str, Any] = field(default_factory=dict)
     method_index: int = 0
@@ -89,15 +90,21 @@ class RunPlan:
         from geffect.objectives import objective_config
 
         return objective_config(
-            self.method, self.retain_loss, self.gamma, self.alpha, self.hparams, self.training["kl_mask"]
+            self.method,
+            self.retain_loss,
+            self.gamma,
+            self.alpha,
+            self.hparams,
+            self.training.get("kl_mask"),
+            self.training.get("preset", "geffect"),
         )
 
     @property
     def params(self) -> dict[str, float]:
         """Every hyper-parameter set in the configuration (fixed and grid), for the results table."""
         return {
-            **({"gamma": self.gamma} if self.gamma != 1.0 else {}),
-            **({"alpha": self.alpha} if self.alpha != 1.0 else {}),
+            **({"gamma": self.gamma} if self.gamma is not None else {}),
+            **({"alpha": self.alpha} if self.alpha is not None else {}),
             **self.hparams,
         }
 
@@ -115,6 +122,11 @@ class StudyPlan:
     def finetunes(self) -> list[ModelPlan]:
         plans = [self.target] + [r.retain_model for r in self.references if r.retain_model is not None]
         return [p for p in plans if p.how == How.FINETUNE]
+
+
+def points_dir(folder: str) -> str:
+    """Study-relative folder of the points along a run (or of a subset evaluation) under `folder`."""
+    return f"{folder}/{POINTS_SUBDIR}"
 
 
 def _number(value: float) -> str:
@@ -153,8 +165,8 @@ def expand_runs(config: StudyConfig) -> list[RunPlan]:
                         forget_split=split,
                         seed=seed,
                         hparams=hparams,
-                        gamma=settings.get("gamma", 1.0),
-                        alpha=settings.get("alpha", 1.0),
+                        gamma=settings.get("gamma"),
+                        alpha=settings.get("alpha"),
                         grid_point=point,
                         training=options,
                         method_index=index,
@@ -233,9 +245,23 @@ def plan_study(config: StudyConfig) -> StudyPlan:
         else:
             retain = ModelPlan("retain", retain_split, How.FINETUNE, model.base, f"{MODELS_DIR}/{retain_split}")
         references.append(ReferencePlan(split, How.EVALUATE, retain, None, eval_dir))
+    _check_points(config, references)
     runs = expand_runs(config)
     check_runs(config, runs)
     return StudyPlan(config, benchmark, builtin, target, tuple(references), tuple(runs))
+
+
+def _check_points(config: StudyConfig, references: list[ReferencePlan]) -> None:
+    """Points along the runs are scored against the retain model on the same subset: a given log cannot be cut."""
+    if not config.eval.every:
+        return
+    for ref in references:
+        if ref.how == How.LOG:
+            raise fail(
+                "eval.every",
+                f"points along the runs need the retain model of {ref.forget_split} to score the points subset, "
+                f"but model.retain_logs gives only its log; give model.retain.{ref.forget_split} or drop eval.every",
+            )
 
 
 def resolved_hparams(run: RunPlan) -> dict[str, float]:
@@ -258,7 +284,9 @@ def describe(plan: StudyPlan, out: str) -> list[str]:
         b = config.benchmark.builtin
         lines.append(f"  benchmark: built-in, {b.authors} authors, seed {b.seed} -> {root / BENCHMARK_DIR}")
     else:
-        lines.append(f"  benchmark: {plan.benchmark}")
+        n = config.benchmark.retain_authors
+        sliced = f", cut to the forget authors + the first {n} retain authors" if n is not None else ""
+        lines.append(f"  benchmark: {plan.benchmark}{sliced}")
     for model in [plan.target] + [r.retain_model for r in plan.references if r.retain_model is not None]:
         if model.how == How.FINETUNE:
             lines.append(f"  {model.role} model: fine-tune {model.source} on {model.split} -> {root / model.folder}")
@@ -276,15 +304,30 @@ def describe(plan: StudyPlan, out: str) -> list[str]:
         if config.geffect.enabled
         else "no G-effects"
     )
+    every = config.eval.every
+    if every:
+        points = config.eval.points()
+        lines.append(
+            f"  points along each run: every {every} step(s) and the last, first {points.ds_size} items of each set, "
+            f"{points.max_new_tokens} generated tokens, against the retain model on the same items"
+        )
     lines.append(f"  {len(plan.runs)} unlearning run(s), {tracking}, each then evaluated:")
     for run in plan.runs:
         t = run.training
         params = ", ".join(f"{k}={_number(v)}" for k, v in resolved_hparams(run).items()) or "no hyper-parameters"
         steps = f", max {t['max_steps']} steps" if t.get("max_steps") else ""
+        if t.get("update", "plain") != "plain":  # the update rule (geffect.updates) and its parameters
+            steps += f", update {t['update']}" + "".join(f" {k}={v}" for k, v in (t.get("update_params") or {}).items())
         lines.append(
             f"    run {run.run_id}: {run.method}"
             f"{'+' + run.retain_loss if run.retain_loss else ''} ({params}) on {run.forget_split}, seed {run.seed}, "
             f"{t['epochs']} epoch(s), lr {_number(t['lr'])}, batch {t['batch_size']}x{t['grad_accum']}{steps}"
+        )
+    if plan.config.relearn is not None:
+        r = plan.config.relearn
+        lines.append(
+            f"  then a relearning attack on each run: {', '.join(map(str, r.samples))} forget item(s), {r.steps} steps, "
+            f"lr {_number(r.lr)}, batch {r.batch_size}, each evaluated"
         )
     lines.append("  then: results.csv, results.md, figures/, index.html")
     return lines

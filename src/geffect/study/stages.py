@@ -16,6 +16,7 @@ from typing import Any, Callable
 from geffect.evaluation.config import EvalConfig
 from geffect.evaluation.logs import EVAL_FILE, SUMMARY_FILE
 from geffect.io import atomic_write_json
+from geffect.study.along import EvalPoints, PointsJob
 from geffect.study.config import Tracking
 
 
@@ -45,6 +46,12 @@ def build_benchmark(folder: Path, authors: int, seed: int) -> None:
     from geffect.data.synth import write_benchmark
 
     write_benchmark(folder, n_authors=authors, seed=seed, overwrite=True)
+
+
+def slice_benchmark(folder: Path, source: str, forget: str, retain_authors: int) -> None:
+    from geffect.data.tofu import write_slice
+
+    write_slice(source, forget, retain_authors, folder)
 
 
 def in_worker(stage: Stage, threads: int) -> float:
@@ -91,6 +98,7 @@ def evaluate_model(
     """TOFU_EVAL.json of the model, then TOFU_SUMMARY.json against `reference` (None: the model's own
     evaluation, which makes the retain row's forget quality 1 by definition). The summary is written last."""
     from geffect.evaluation import evaluate, summarize
+    from geffect.evaluation.extra import extra_metric_options
     from geffect.evaluation.logs import load_eval_file
     from geffect.models.loading import load_model_and_tokenizer
 
@@ -109,6 +117,7 @@ def evaluate_model(
         ds_size=options.ds_size,
         batch_size=options.batch_size,
         max_new_tokens=options.max_new_tokens,
+        **extra_metric_options(options, dtype, next(model.parameters()).device),
     )
     atomic_write_json(folder / EVAL_FILE, results)
     reference_log = load_eval_file(reference) if reference is not None else load_eval_file(folder / EVAL_FILE)
@@ -134,8 +143,9 @@ def geffect_callbacks(tracking: Tracking) -> list:
     return [GEffectTracker(tracking.tracker)]
 
 
-def unlearn_run(unlearn_config, tracking: Tracking) -> None:
-    """One unlearning run; continues from its last checkpoint when an earlier attempt left one."""
+def unlearn_run(unlearn_config, tracking: Tracking, points: PointsJob | None = None) -> None:
+    """One unlearning run (scored along the way when `points` is given, `geffect.study.along`); continues
+    from its last checkpoint when an earlier attempt left one."""
     from geffect.training.checkpoint import latest_checkpoint
     from geffect.training.unlearn import unlearn
 
@@ -144,4 +154,5 @@ def unlearn_run(unlearn_config, tracking: Tracking) -> None:
     if folder.exists() and not resumable:
         shutil.rmtree(folder)
     unlearn_config.resume = resumable
-    unlearn(unlearn_config, callbacks=geffect_callbacks(tracking))
+    callbacks = geffect_callbacks(tracking) + ([EvalPoints(points)] if points is not None else [])
+    unlearn(unlearn_config, callbacks=callbacks)

@@ -15,7 +15,10 @@ keeps its previous checkpoint intact.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import pickle
 import random
 import re
 import shutil
@@ -24,12 +27,17 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from geffect.errors import UsageError
+from geffect.faults import fault_point
 from geffect.io import atomic_write_json
 from geffect.runfolder import RunFolder
 
 TRAINER_STATE = "trainer_state.json"
+# What reading a damaged checkpoint file raises (torch.load, safetensors, json, a missing key or file).
+UNREADABLE = (OSError, ValueError, RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError, SafetensorError)
 _NAME = re.compile(r"^step-(\d+)$")
 
 
@@ -105,6 +113,25 @@ def _load_objective(folder: Path) -> dict[str, Any]:
 # --- whole checkpoints ---------------------------------------------------------------------------------------
 
 
+class _DropSharedTensorNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in str(record.getMessage())  # accelerate prefixes "[RANK n] "
+
+
+@contextlib.contextmanager
+def _tied_weights_saved_once():
+    """Safetensors cannot hold two names for one storage, so accelerate saves tied weights (a tied lm_head)
+    once and warns on every checkpoint. That is the intended format: loading re-ties them (tested in
+    tests/test_models_gguf.py), so the notice is dropped while accelerate saves."""
+    logger = logging.getLogger("accelerate.utils.other")
+    notice = _DropSharedTensorNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
+
+
 def save_checkpoint(
     accelerator,
     run_dir: Path,
@@ -121,11 +148,13 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    with _tied_weights_saved_once():
+        accelerator.save_state(str(tmp), safe_serialization=True)
     _save_rng(tmp, accelerator.process_index)
     if accelerator.is_main_process:
         _save_objective(tmp, objective_state)
     accelerator.wait_for_everyone()
+    fault_point("checkpoint-write", step)  # tests only (geffect.faults): a kill before the rename
     if accelerator.is_main_process:
         atomic_write_json(tmp / TRAINER_STATE, dict(trainer_state))
         shutil.rmtree(final, ignore_errors=True)
@@ -140,7 +169,14 @@ def save_checkpoint(
 def load_checkpoint(accelerator, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Restore model, optimizer, scheduler and RNG states in place; return (trainer state, objective state)."""
     folder = Path(folder)
-    accelerator.load_state(str(folder))
-    _load_rng(folder, accelerator.process_index)
-    trainer_state = json.loads((folder / TRAINER_STATE).read_text())
-    return trainer_state, _load_objective(folder)
+    try:
+        accelerator.load_state(str(folder))
+        _load_rng(folder, accelerator.process_index)
+        trainer_state = json.loads((folder / TRAINER_STATE).read_text())
+        int(trainer_state["step"])
+        return trainer_state, _load_objective(folder)
+    except UNREADABLE as err:
+        raise UsageError(
+            f"checkpoint {folder} is corrupt ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+            "delete that folder to resume from an earlier checkpoint, or pass --overwrite to start again"
+        ) from None

@@ -13,7 +13,12 @@ from typing import Any
 
 from geffect.data.tofu import FORGET_SPLITS
 from geffect.errors import UsageError
+from geffect.objectives.presets import DEFAULT_PRESET, PRESETS
+from geffect.objectives.retain import KL_MASKS
 from geffect.options import BY_STUDY, at_least, check, non_negative, option, positive
+from geffect.training.guards import learning_rate
+from geffect.updates.registry import UPDATE_NAMES as UPDATE_RULES
+from geffect.updates.registry import resolve_params
 
 MIXED_PRECISION = ("auto", "no", "bf16")
 # Fields that may differ between an interrupted run and its `--resume` without changing the result.
@@ -37,24 +42,40 @@ class UnlearnConfig:
     # the objective
     method: str = option(
         "GA",
-        "GA, GradDiff, NPO, SimNPO, IdkPO, DPO, RMU, WGA, TNPO, WTNPO, SatImp, UNDIAL; or METHOD+RETAIN, e.g. NPO+KL",
+        "GA, GradDiff, NPO, SimNPO, IdkPO, DPO, RMU, WGA, TNPO, WTNPO, SatImp, UNDIAL, CEU, PDU, AltPO; or METHOD+RETAIN, e.g. NPO+KL",
         study="methods[].method",
         required=True,
     )
     retain_loss: str | None = option(
-        None, "none, NLL (GD), KL or MSE; default: the method's", study="methods[].retain_loss"
+        None, "none, NLL (GD), KL or MSE; default: the preset's", study="methods[].retain_loss"
     )
-    gamma: float = option(1.0, "weight of the forget loss", study="methods[].params.gamma")
-    alpha: float = option(1.0, "weight of the retain loss", study="methods[].params.alpha")
+    preset: str = option(
+        DEFAULT_PRESET, "method defaults: geffect, openunlearning or paper (docs/presets.md)", choices=PRESETS
+    )
+    gamma: float | None = option(
+        None, "weight of the forget loss (default: the preset's, geffect 1)", study="methods[].params.gamma"
+    )
+    alpha: float | None = option(
+        None, "weight of the retain loss (default: the preset's, geffect 1)", study="methods[].params.alpha"
+    )
     hparams: dict[str, float] = option(
         help="any method hyper-parameter (beta, ...); repeatable",
         flag="--hparam",
         study="methods[].params",
         default_factory=dict,
     )
-    kl_mask: str = option("answer", "KL over answer tokens ('answer') or every position ('all')")
+    kl_mask: str | None = option(
+        None, "KL over answer tokens ('answer') or every position ('all'); default: the preset's", choices=KL_MASKS
+    )
+    # the update rule (geffect.updates): how the step's losses become the gradient the optimizer receives
+    update: str = option("plain", "update rule: " + ", ".join(UPDATE_RULES), choices=UPDATE_RULES)
+    update_params: dict[str, Any] = option(
+        help="a parameter of the update rule (rho=0.05, mode=mean, ...); repeatable",
+        flag="--update-param",
+        default_factory=dict,
+    )
     # optimisation
-    lr: float = option(1e-5, "peak learning rate", check=positive)
+    lr: float = option(1e-5, "peak learning rate", check=learning_rate)
     epochs: int = option(5, "epochs over the forget split", check=at_least(1))
     batch_size: int = option(4, "forget items per process and micro-step", check=at_least(1))
     grad_accum: int = option(4, "micro-steps per optimizer step", check=at_least(1))
@@ -69,6 +90,22 @@ class UnlearnConfig:
         None, "cap on optimizer steps (the schedule spans the capped run)", check=at_least(1)
     )
     seed: int = option(0, "seed of data order, pairing and initialisations", study="seeds")
+    refusals: str | None = option(
+        None,
+        "refusal answers of IdkPO/DPO: a text file, one a line, or JSON Lines like TOFU's idontknow.jsonl; "
+        "default: geffect's 101",
+        metavar="FILE",
+    )
+    alternates: str | None = option(
+        None,
+        "AltPO's alternate answers: JSON Lines of {question, answer, alternate} (OpenUnlearning's AltPO generate.py)",
+        metavar="FILE",
+    )
+    refusal_sampling: str = option(
+        "fixed",
+        "fixed: one refusal per item; per_visit: a new one at every use (OpenUnlearning)",
+        choices=("fixed", "per_visit"),
+    )
     template: str | None = option(
         None, "prompt template (phi, llama2, plain, chat); default from the model name", study="template"
     )
@@ -88,8 +125,28 @@ class UnlearnConfig:
     def validate(self) -> None:
         """One-line UsageError for values no run can use."""
         check(self)
+        resolve_params(self.update, self.update_params)  # one line naming a bad rule parameter
         if self.resume and self.overwrite:
             raise UsageError("--resume and --overwrite exclude each other; pass one of them")
+        self._check_preferred_answers()
+        if self.resume and self.refusal_sampling == "per_visit":
+            raise UsageError("--refusal-sampling per_visit cannot be resumed exactly (visits restart); rerun the run")
+
+    def _check_preferred_answers(self) -> None:
+        """The files of the preferred answers a method uses (refusals for IdkPO/DPO, AltPO's alternates), read now so
+        that a bad one fails before anything is written; methods that do not use them ignore them."""
+        from geffect.data.refusals import read_refusals
+        from geffect.objectives import get_method, parse_method_spec
+
+        method = get_method(parse_method_spec(self.method)[0])
+        if method.name == "AltPO" and not self.alternates:
+            raise UsageError("--method AltPO needs --alternates FILE (JSON Lines of question, answer, alternate)")
+        if method.name == "AltPO":
+            from geffect.data.refusals import read_alternates_file
+
+            read_alternates_file(self.alternates)
+        elif method.needs_idk and self.refusals is not None:
+            read_refusals(self.refusals)  # one line if the file is missing, unreadable or empty
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

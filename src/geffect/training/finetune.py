@@ -13,6 +13,7 @@ The options are `FinetuneConfig` (geffect.training.finetune_config).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -31,7 +32,7 @@ from geffect.data.collate import EncodedItem, collate, encode_qa, pad_token_id
 from geffect.data.templates import Template, get_template, template_for_model
 from geffect.errors import TrainingDiverged
 from geffect.evaluation.generation import generate_answers
-from geffect.io import atomic_write_json, check_output_dir
+from geffect.io import absolute_if_local, atomic_write_json, check_output_dir
 from geffect.models import tiny as tiny_preset
 from geffect.models.answer_logits import accepts_logits_to_keep, answer_logits
 from geffect.tokens import IGNORE_INDEX
@@ -42,7 +43,7 @@ from geffect.training.finetune_config import (
     FinetuneResult,
     check_precision,
 )
-from geffect.training.guards import non_finite_parameters, weights_problem
+from geffect.training.guards import loss_warnings, non_finite_parameters, weights_problem
 from geffect.training.schedule import build_scheduler, warmup_steps_of_ratio
 
 HYPER_PARAMETERS = ("epochs", "lr", "batch_size", "warmup_ratio", "weight_decay", "max_length", "precision")
@@ -337,6 +338,10 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
 
     run_config = _run_config(config, run.template, settings)
     summary = _summary(run, run_config, losses, eval_records, accuracy, train_seconds, eval_seconds, settings)
+    ends = (losses[0], losses[-1]) if losses else (None, None)
+    summary["warnings"] = loss_warnings(*ends, run.model.config.vocab_size)  # a collapse is not a success
+    for warning in summary["warnings"]:
+        logging.getLogger(__name__).warning(warning)
     _save_atomically(out, run.model, run.tokenizer, summary)
     return FinetuneResult(
         out=out,
@@ -355,9 +360,9 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
 def _run_config(config: FinetuneConfig, template: Template, settings: dict) -> dict:
     """The options the run used, as finetune.json records them."""
     run_config = {
-        "data": str(config.data),
+        "data": absolute_if_local(str(config.data)),  # recorded absolute: readable from any folder
         "split": config.split,
-        "model": config.model,
+        "model": config.model if config.model == TINY_MODEL else absolute_if_local(config.model),
         "template": template.name,
         "seed": config.seed,
         "max_steps": config.max_steps,

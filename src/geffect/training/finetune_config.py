@@ -15,7 +15,8 @@ from typing import Any
 
 from geffect.data.templates import TEMPLATES
 from geffect.errors import UsageError
-from geffect.options import BY_STUDY, at_least, check, non_negative, option, positive
+from geffect.options import BY_STUDY, at_least, check, non_negative, option
+from geffect.training.guards import learning_rate
 
 TINY_MODEL = "tiny"
 # Defaults for pretrained models: the TOFU paper's fine-tuning recipe (lr 1e-5, batch 16, 5 epochs).
@@ -52,7 +53,9 @@ class FinetuneConfig:
         TINY_MODEL, "'tiny' (built from scratch on the data), a save_pretrained folder or a hub id", study="model.base"
     )
     epochs: int | None = option(None, "default: 14 for tiny (TinyPreset), 5 otherwise", check=at_least(1))
-    lr: float | None = option(None, "peak learning rate; default: TinyPreset for tiny, 1e-5 otherwise", check=positive)
+    lr: float | None = option(
+        None, "peak learning rate; default: TinyPreset for tiny, 1e-5 otherwise", check=learning_rate
+    )
     batch_size: int | None = option(None, "default: TinyPreset for tiny, 16 otherwise", check=at_least(1))
     warmup_ratio: float | None = option(
         None,
@@ -85,6 +88,7 @@ class FinetuneConfig:
     eval_limit: int | None = option(
         None,
         "score exact match on a fixed, evenly spaced sample of at most N records (default: all; 0 skips)",
+        check=at_least(0),
         metavar="N",
     )
     eval_batch_size: int = option(64, "questions per generation batch of the exact-match check", check=at_least(1))
@@ -120,12 +124,18 @@ class FinetuneResult:
 
 
 def check_model_name(model: str) -> None:
-    """`tiny`, an existing folder, or something shaped like a hub id (`owner/name`); anything else is a typo."""
+    """`tiny`, an existing folder or .gguf file, a named model (`geffect models list`), or something shaped like
+    a hub id (`owner/name`); anything else is a typo."""
+    from geffect.models.named import NAMED_MODELS
+
     if model == TINY_MODEL or Path(model).expanduser().exists() or model.startswith((".", "/", "~")):
+        return
+    if model in NAMED_MODELS:
         return
     if not _HUB_ID.match(model):
         raise UsageError(
-            f"unknown model {model!r}: pass 'tiny', an existing save_pretrained folder, or a hub id such as microsoft/phi-1_5"
+            f"unknown model {model!r}: pass 'tiny', an existing save_pretrained folder, a model name "
+            "(geffect models list) or a hub id such as microsoft/phi-1_5"
         )
 
 
