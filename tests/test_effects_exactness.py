@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,12 +20,11 @@ from geffect.effects.tracker import GEffectTracker
 from geffect.errors import UsageError
 from geffect.io import read_jsonl
 from geffect.objectives import ObjectiveConfig, UnlearnBatch, build_objective, parse_method_spec
-from geffect.runfolder import RunFolder
-from geffect.training.callbacks import RunContext, StepContext
-from geffect.training.config import UnlearnConfig
+from geffect.training.callbacks import StepContext
 from test_effects_architectures import arch_model
 from test_effects_ghost import reference_items_and_tokens
 from test_effects_models import random_direction, tiny_batch, tiny_model
+from tracker_helpers import tracker_run
 
 
 class ScaledEmbedding(nn.Embedding):
@@ -199,17 +197,7 @@ def one_run(tmp_path, model, method: str, config: TrackerConfig, steps: int = 1)
     tracker = GEffectTracker(
         config, forget_batches=[tiny_batch(3, 8, seed=60)], probe_batches=[tiny_batch(3, 8, seed=40)]
     )
-    run = RunContext(
-        folder=RunFolder(tmp_path),
-        model=model,
-        accelerator=SimpleNamespace(is_main_process=True, num_processes=1),
-        objective=objective,
-        ref_model=ref,
-        tokenizer=None,
-        total_steps=steps,
-        template=None,
-        options=UnlearnConfig(model="tiny", data="unused", out=str(tmp_path), grad_accum=1),
-    )
+    run = tracker_run(tmp_path, model, objective, ref, steps)
     tracker.on_train_begin(run)
     layout, inputs = discover_layout(model), []
     try:

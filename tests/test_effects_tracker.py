@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,10 +18,9 @@ from geffect.effects.tracker import GEffectTracker
 from geffect.errors import UsageError
 from geffect.io import read_jsonl
 from geffect.objectives import ObjectiveConfig, UnlearnBatch, build_objective, parse_method_spec
-from geffect.runfolder import RunFolder
-from geffect.training.callbacks import RunContext, StepContext
-from geffect.training.config import UnlearnConfig
+from geffect.training.callbacks import StepContext
 from test_effects_models import tiny_batch, tiny_model
+from tracker_helpers import tracker_run
 
 
 def _risk_grad(model, layout, batch) -> list[torch.Tensor]:
@@ -50,17 +48,7 @@ def _drive(
     objective = build_objective(ObjectiveConfig(method=name, retain_loss=retain_loss))
     probe = [tiny_batch(3, 8, seed=40, first_index=500)]
     tracker = GEffectTracker(config, forget_batches=[tiny_batch(4, 9, seed=60, first_index=0)], probe_batches=probe)
-    run = RunContext(
-        folder=RunFolder(tmp_path),
-        model=model,
-        accelerator=SimpleNamespace(is_main_process=True, num_processes=1),
-        objective=objective,
-        ref_model=ref,
-        tokenizer=None,
-        total_steps=steps,
-        template=None,
-        options=UnlearnConfig(model="tiny", data="unused", out=str(tmp_path), grad_accum=1),
-    )
+    run = tracker_run(tmp_path, model, objective, ref, steps)
     tracker.on_train_begin(run)
     layout = discover_layout(model)
     references = []
