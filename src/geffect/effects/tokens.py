@@ -78,9 +78,7 @@ def math_attention():
         yield
 
 
-def _tangent_map(
-    layout: ParameterLayout, G: list[torch.Tensor | None], only: set[int] | None
-) -> dict[int, torch.Tensor]:
+def _tangent_map(G: list[torch.Tensor | None], only: set[int] | None) -> dict[int, torch.Tensor]:
     return {i: g for i, g in enumerate(G) if g is not None and (only is None or i in only)}
 
 
@@ -93,7 +91,7 @@ def token_effects_forward(
     only: set[int] | None = None,
 ) -> torch.Tensor:
     """c_{i,t} [B, T] float64 (aligned with labels) by one forward-mode pass; `only` restricts G to some tensors."""
-    tangents = _tangent_map(layout, G, only)
+    tangents = _tangent_map(G, only)
     n = n_total or max(count_tokens(batch["labels"]), 1)
     with torch.no_grad(), math_attention(), fwAD.dual_level():
         params = {
@@ -117,7 +115,7 @@ def token_effects_double_backward(
     only: set[int] | None = None,
 ) -> torch.Tensor:
     """Same numbers as `token_effects_forward` with reverse mode only (costlier; for ops without forward AD)."""
-    tangents = _tangent_map(layout, G, only)
+    tangents = _tangent_map(G, only)
     n = n_total or max(count_tokens(batch["labels"]), 1)
     indices = list(tangents)
     with torch.enable_grad(), math_attention():
