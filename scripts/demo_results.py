@@ -1,15 +1,17 @@
 """The README's demo results, written from the files of one finished demo folder (nothing typed by hand).
 
-    .venv/bin/python scripts/demo_results.py DEMO_DIR [--command "geffect demo ..."]
+    .venv/bin/python scripts/demo_results.py DEMO_DIR [--command "geffect demo ..."] [--compare OTHER_DIR]
 
 Prints Markdown: which run (date of its report, CPU model from lscpu, command, wall time from timings.json),
 the per-method table of results.md (mean and spread over seeds), and each claim of claims.json with its
-verdict and per-seed values. Paste it into the README's "What the demo shows" section.
+verdict and per-seed values; with --compare, whether a second run of the same command wrote the same
+results.csv and claims.json, byte for byte. Paste it into the README's "What the demo shows" section.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -60,10 +62,43 @@ def first_step_lines(demo: Path) -> list[str]:
     return [f"- first step's |e_u| over the run's largest |e_u|: {low:.3g} to {high:.3g} over {len(ratios)} runs"]
 
 
+def wall_time_lines(demo: Path) -> list[str]:
+    """The wall time that benchmarks/bench_demo.py measured for this folder (its bench_demo.json), if it did."""
+    path = demo / "bench_demo.json"
+    if not path.exists():
+        return []
+    bench = json.loads(path.read_text(encoding="utf-8"))
+    total, budget = bench["total_seconds"], bench["budget_seconds"]
+    parts = ", ".join(f"{kind} {seconds:.0f} s" for kind, seconds in bench["wall_by_stage"].items())
+    points = bench["points"]
+    verdict = (
+        "" if budget is None else f", {'within' if total <= budget else 'over'} the {budget / 60:.0f}-minute budget"
+    )
+    return [
+        f"- wall time (`benchmarks/bench_demo.py`, {bench['cpus']} cores): {total:.0f} s ({total / 60:.1f} min)"
+        f"{verdict}; by stage: {parts} (side-by-side stages by their wall "
+        f"clock); the {points['count']} points along the runs took {points['process_seconds']:.0f} process-seconds "
+        f"of the unlearn stages"
+    ]
+
+
+def same_files_lines(demo: Path, other: Path) -> list[str]:
+    """Whether `other`, a second run of the same command, wrote byte-identical results (acceptance: the same
+    seeds on the same machine give identical numbers)."""
+    lines = []
+    for name in ("results.csv", "claims.json"):
+        mine, theirs = (demo / name).read_bytes(), (other / name).read_bytes()
+        digest = hashlib.sha256(mine).hexdigest()[:12]
+        same = "byte-identical to" if mine == theirs else "DIFFERENT from"
+        lines.append(f"- `{name}` (sha256 `{digest}…`) is {same} that of a second run of the same command")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("demo", type=Path, help="a finished demo folder (geffect demo --out DIR)")
     parser.add_argument("--command", default="geffect demo", help="the command that produced it")
+    parser.add_argument("--compare", type=Path, help="a second finished run of the same command")
     args = parser.parse_args()
     demo = args.demo
     index = demo / "index.html"
@@ -77,6 +112,8 @@ def main() -> int:
         f"Run: `{args.command}`, report written {when}, CPU {cpu_model()}; sum of stage times "
         f"{seconds / 60:.1f} min (side-by-side stages counted each; `benchmarks/bench_demo.py` measures wall time).",
         "",
+        *wall_time_lines(demo),
+        *(same_files_lines(demo, args.compare) if args.compare else []),
         *finetune_lines(demo),
         *first_step_lines(demo),
         "",

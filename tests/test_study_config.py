@@ -235,3 +235,34 @@ def test_full_example_has_all_twelve_methods_and_three_seeds(cli, capsys, no_net
         "GA+KL",
     }
     assert len(runs) == 39 and {run.split("-seed")[-1] for run in runs} == {"0", "1", "2"}
+
+
+def test_points_along_a_run_use_the_end_points_formulas_and_questions(monkeypatch, tmp_path):
+    """A point scored under other rules than its run's end point would put two conventions on one path."""
+    from geffect.evaluation.logs import EVAL_FILE
+    from geffect.study import along
+
+    options = along.StudyEval(
+        every=2,
+        points_ds_size=7,
+        convention="openunlearning",
+        question_key="paraphrased_question",
+        reference_model="retain-model",
+        mia_gradnorm=True,
+    ).points()
+    assert (options.ds_size, options.convention, options.question_key) == (7, "openunlearning", "paraphrased_question")
+    assert options.reference_model is None and not options.mia_gradnorm  # the costly extras: end point only
+
+    seen = {}
+
+    def fake_evaluate(model, tokenizer, data, split, template, **kwargs):
+        seen.update(kwargs)
+        return {"geffect_meta": {}}
+
+    monkeypatch.setattr("geffect.evaluation.evaluate", fake_evaluate)
+    monkeypatch.setattr("geffect.evaluation.summarize", lambda results, reference: {})
+    monkeypatch.setattr("geffect.evaluation.logs.load_eval_file", lambda path: None)
+    job = along.PointsJob(2, "data", "forget05", "plain", "reference.json", options, str(tmp_path))
+    along.score_point(None, None, job, tmp_path / "step-00002")
+    assert seen["convention"] == "openunlearning" and seen["question_key"] == "paraphrased_question"
+    assert seen["ds_size"] == 7 and (tmp_path / "step-00002" / EVAL_FILE).exists()

@@ -7,10 +7,14 @@ import os
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM
 
+from geffect.effects.posthoc import expand_checkpoints, load_checkpoint_model
 from geffect.errors import UsageError
 from geffect.io import read_jsonl
-from geffect.training.checkpoint import list_checkpoints
+from geffect.training.checkpoint import WEIGHTS_RECORD, _check_left_out_are_frozen, _frozen_names, list_checkpoints
 from geffect.training.unlearn import unlearn
 from test_training_support import config, tiny_paths
 
@@ -48,6 +52,18 @@ def test_resume_is_identical_to_an_uninterrupted_run(tmp_path_factory, tmp_path,
     with pytest.raises(Crash):
         unlearn(config(data, model, tmp_path / "cut", **options), callbacks=[CrashAt(8)])
     assert [step for step, _ in list_checkpoints(tmp_path / "cut")] == [3, 6]
+    if extra.get("lora_r"):
+        # A LoRA checkpoint holds the adapters only: the frozen base model is the run's --model.
+        folder = list_checkpoints(tmp_path / "cut")[-1][1]
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as saved:
+            keys = list(saved.keys())
+        assert keys and all("lora_" in key for key in keys)
+        assert json.loads((folder / WEIGHTS_RECORD).read_text())["frozen_left_out"]
+        # ... and post-hoc G-effects rebuild the model from it: the run's base plus the trained adapters
+        rebuilt = dict(load_checkpoint_model(expand_checkpoints([str(folder)])[0]).named_parameters())
+        base = dict(AutoModelForCausalLM.from_pretrained(model).named_parameters())
+        assert rebuilt.keys() == base.keys()
+        assert any(not torch.equal(rebuilt[name], base[name]) for name in base)
     assert len(read_jsonl(tmp_path / "cut" / "log.jsonl")) == 7
     with pytest.raises(UsageError, match="already exists"):
         unlearn(config(data, model, tmp_path / "cut", **options))
@@ -65,6 +81,24 @@ def test_resume_is_identical_to_an_uninterrupted_run(tmp_path_factory, tmp_path,
     assert read_jsonl(tmp_path / "cut" / "log.jsonl") == read_jsonl(tmp_path / "full" / "log.jsonl")
     # ... and the run really changed the model (a test that cannot fail is no test).
     assert full.last_log["forget_risk"] != read_jsonl(tmp_path / "full" / "log.jsonl")[0]["forget_risk"]
+
+
+def test_a_checkpoint_without_frozen_weights_loads_only_what_it_lacks_by_design(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    model[0].requires_grad_(False)
+    accelerator = type("Accelerator", (), {"_models": [model]})()
+    trained = {k: v for k, v in model.state_dict().items() if k.startswith("1.")}
+    save_file(trained, str(tmp_path / "model.safetensors"))
+    _check_left_out_are_frozen(accelerator, tmp_path, ["0.weight", "0.bias"])  # what the saver leaves out
+    with pytest.raises(KeyError, match="trained in this run: 1.bias"):
+        _check_left_out_are_frozen(accelerator, tmp_path, ["0.weight", "0.bias", "1.bias"])
+    save_file({"1.weight": trained["1.weight"]}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(KeyError, match="lacks weight 1.bias"):
+        _check_left_out_are_frozen(accelerator, tmp_path, ["0.weight", "0.bias"])
+    # a tied, frozen lm_head is left out under both of its state-dict names
+    tied = torch.nn.ModuleDict({"embed": torch.nn.Embedding(3, 2), "head": torch.nn.Linear(2, 3, bias=False)})
+    tied["head"].weight = tied["embed"].weight
+    assert _frozen_names(tied.requires_grad_(False)) == {"embed.weight", "head.weight"}
 
 
 def test_resume_without_checkpoint_starts_afresh_and_finished_run_is_refused(tmp_path_factory, tmp_path):

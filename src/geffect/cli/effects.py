@@ -203,6 +203,7 @@ def run_validate(args: argparse.Namespace) -> int:
         plan.seed,
         plan.max_length,
         plan.device,
+        plan.preferred,
     )
     model = load_checkpoint_model(checkpoints[0], options.dtype).to(plan.device)
     objective.setup(model, torch.Generator().manual_seed(plan.seed))

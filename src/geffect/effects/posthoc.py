@@ -16,7 +16,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -140,7 +140,10 @@ def load_checkpoint_model(checkpoint: Checkpoint, dtype: str | None = None) -> n
     model = with_lora(model, rank, options.get("lora_alpha"))
     state = load_file(str(weights))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = sorted(set(missing) - _shared_with(model, set(state)))
+    from geffect.training.checkpoint import left_out_weights
+
+    # a LoRA checkpoint holds the adapters only: its frozen base is the run's --model, loaded above
+    missing = sorted(set(missing) - _shared_with(model, set(state)) - set(left_out_weights(checkpoint.path)))
     if missing or unexpected:
         raise UsageError(
             f"checkpoint {checkpoint.path} does not fit the run's model {options['model']}: "
@@ -208,10 +211,22 @@ def _chunks(indices: np.ndarray, size: int) -> list[np.ndarray]:
 
 
 def build_sets(
-    tokenizer, template, options: EffectOptions, objective: Objective, seed: int, max_length: int, device
+    tokenizer,
+    template,
+    options: EffectOptions,
+    objective: Objective,
+    seed: int,
+    max_length: int,
+    device,
+    preferred: Mapping[str, Any] | None = None,
 ) -> EffectSets:
-    from geffect.data.collate import collate, pad_token_id
-    from geffect.data.refusals import refusal_for
+    """`preferred`: the run's `refusals` and `alternates` files (IdkPO/DPO's refusals, AltPO's answers), so
+    that the objective measured is the run's; refusals drawn per visit in the run are fixed per item here (a
+    measurement needs one objective)."""
+    from types import SimpleNamespace
+
+    from geffect.data.collate import collate, encode_qa, pad_token_id
+    from geffect.data.refusals import preferred_items
     from geffect.data.tofu import RETAIN_FOR_FORGET, load_split
     from geffect.training.batches import BatchBuilder, MicroBatch, StepSampler, encode_records
 
@@ -220,11 +235,18 @@ def build_sets(
     encode = dict(tokenizer=tokenizer, template=template, max_length=max_length)
     forget = encode_records(records=forget_records, **encode)
     retain = encode_records(records=retain_records, **encode)
-    idk = (
-        encode_records(records=forget_records, answer_for=lambda i, _: refusal_for(i, seed), **encode)
-        if objective.needs_idk
-        else None
-    )
+    idk = None
+    if objective.needs_idk:
+        preferred = dict(preferred or {})
+        files = SimpleNamespace(
+            refusals=preferred.get("refusals"), alternates=preferred.get("alternates"), refusal_sampling="fixed"
+        )
+        files.seed = seed
+
+        def encode_one(index: int, answer: str):
+            return encode_qa(question=forget_records[index]["question"], answer=answer, index=index, **encode)
+
+        idk = list(preferred_items(forget_records, encode_one, files))
     pad = pad_token_id(tokenizer)
     builder = BatchBuilder(forget, retain, pad, device, idk)
 
@@ -327,6 +349,7 @@ class PosthocPlan:
     template: object = None
     max_length: int = 512
     tokenizer_source: str = ""
+    preferred: dict = field(default_factory=dict)  # the run's refusals / alternates files (build_sets)
     device: torch.device = field(default_factory=lambda: torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
@@ -359,6 +382,7 @@ def plan_posthoc(
         template=template,
         max_length=options.max_length or int(run_options.get("max_length", 512)),
         tokenizer_source=source,
+        preferred={key: run_options.get(key) for key in ("refusals", "alternates")},
     )
 
 
@@ -382,7 +406,9 @@ def posthoc_effects(plan: PosthocPlan, progress: bool = True) -> Iterator[dict]:
 
     options, objective = plan.options, plan.objective
     tokenizer = load_tokenizer(plan.tokenizer_source)
-    sets = build_sets(tokenizer, plan.template, options, objective, plan.seed, plan.max_length, plan.device)
+    sets = build_sets(
+        tokenizer, plan.template, options, objective, plan.seed, plan.max_length, plan.device, plan.preferred
+    )
     ref_model = load_reference(plan)
     bar = tqdm(plan.checkpoints, desc=f"G-effects {objective.name}", unit="ckpt", disable=not progress)
     for position, checkpoint in enumerate(bar, start=1):

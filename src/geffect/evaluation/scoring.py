@@ -15,6 +15,7 @@ import torch
 from geffect.data.collate import collate, encode_qa, pad_token_id
 from geffect.data.templates import Template
 from geffect.errors import UsageError
+from geffect.models.answer_logits import answer_logits
 from geffect.progress import progress
 from geffect.tokens import IGNORE_INDEX
 
@@ -70,12 +71,14 @@ def score_answers(
 @torch.no_grad()
 def _score_batch(model, batch: dict[str, torch.Tensor], with_distribution: bool) -> list[TokenStats]:
     device = next(model.parameters()).device
-    input_ids = batch["input_ids"].to(device)
-    attention_mask = batch["attention_mask"].to(device)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+    inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+    labels = batch["labels"].to(device)
+    # Only the positions that predict answer tokens go through the vocabulary projection and the softmax:
+    # the question's are never read, and for a small model they are a large share of the pass.
+    logits, start = answer_logits(model, inputs, labels)
     # Accumulate in at least float32 whatever the model's dtype.
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    labels = batch["labels"][:, 1:].to(device)
+    labels = labels[:, start + 1 :]
     mask = labels != IGNORE_INDEX
     safe_labels = labels.masked_fill(~mask, 0)
     logprobs = torch.log_softmax(logits, dim=-1)

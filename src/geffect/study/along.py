@@ -53,11 +53,14 @@ class StudyEval(EvalConfig):
         return {"ds_size": self.ds_size, "batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens}
 
     def points(self) -> EvalConfig:
-        """The scoring options of a point along a run (and of the subset references)."""
+        """The scoring options of a point along a run (and of the subset references): the end point's formulas
+        and questions on the subset; the opt-in extra attacks (reference model, gradient norm) only at the end."""
         return EvalConfig(
             ds_size=self.points_ds_size,
             batch_size=self.batch_size,
             max_new_tokens=self.points_max_new_tokens or self.max_new_tokens,
+            convention=self.convention,
+            question_key=self.question_key,
         )
 
 
@@ -139,6 +142,8 @@ def score_point(model, tokenizer, job: PointsJob, folder: Path) -> None:
         ds_size=options.ds_size,
         batch_size=options.batch_size,
         max_new_tokens=options.max_new_tokens,
+        convention=options.convention,
+        question_key=options.question_key,
     )
     atomic_write_json(folder / EVAL_FILE, results)
     atomic_write_json(folder / SUMMARY_FILE, summarize(results, load_eval_file(job.reference)))

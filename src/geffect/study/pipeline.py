@@ -36,7 +36,7 @@ from geffect.io import (
 from geffect.runfolder import RunFolder
 from geffect.study import stages
 from geffect.study.along import PointsJob
-from geffect.study.config import StudyConfig
+from geffect.study.config import TINY, StudyConfig
 from geffect.study.plan import EVALS_DIR, How, StudyPlan, describe, plan_study, points_dir, unlearn_config
 from geffect.study.relearn import relearn_stages
 from geffect.study.stages import Stage
@@ -72,6 +72,7 @@ class StageRecord:
     name: str
     seconds: float
     cached: bool
+    side_by_side: bool = False  # ran in a worker beside others (its seconds overlap theirs)
 
 
 @dataclass
@@ -93,6 +94,8 @@ class StageRunner:
         self.stream = stream or sys.stderr
         self.done = 0
         self.records: list[StageRecord] = []
+        # wall clock of each group of side-by-side stages (their stage times add up to more than it)
+        self.side_by_side: list[dict] = []
 
     def say(self, text: str) -> None:
         if self.processes.is_main:
@@ -162,8 +165,16 @@ class StageRunner:
                 seconds = future.result()
                 self._mark(stage, seconds)
                 self.say(f"{prefixes[id(stage)]}: done in {seconds:.1f} s")
-                self.records.append(StageRecord(stage.kind, stage.name, seconds, False))
-        self.say(f"{kind}: side-by-side stages done in {time.perf_counter() - started:.1f} s wall clock")
+                self.records.append(StageRecord(stage.kind, stage.name, seconds, False, side_by_side=True))
+        wall = time.perf_counter() - started
+        self.side_by_side.append({"stage": kind, "stages": len(pending), "workers": workers, "seconds": wall})
+        self.say(f"{kind}: side-by-side stages done in {wall:.1f} s wall clock")
+
+    def write_timings(self) -> None:
+        atomic_write_json(
+            self.out / StudyFolder.TIMINGS,
+            {"stages": [asdict(r) for r in self.records], "side_by_side": self.side_by_side},
+        )
 
     def _mark(self, stage: Stage, seconds: float) -> None:
         atomic_write_json(
@@ -174,6 +185,12 @@ class StageRunner:
     def _wait_for(self, stage: Stage) -> None:
         while not _finished(self.out / StudyFolder.STAGES / stage.marker, fingerprint(stage.key), ()):
             time.sleep(WAIT_POLL_SECONDS)
+
+
+def tiny_preset() -> dict:
+    from geffect.models.tiny import TINY as preset  # imports torch: only for a study that fine-tunes `tiny`
+
+    return asdict(preset)
 
 
 def _finished(marker: Path, key_hash: str, outputs: tuple[Path, ...]) -> bool:
@@ -375,6 +392,8 @@ class _Study:
                 "split": model.split,
                 "template": self.template,
                 "finetune": options,
+                # the tiny preset's recipe fills in what `finetune` leaves out: a new recipe is a new model
+                **({"tiny_preset": tiny_preset()} if model.source == TINY else {}),
             }
             args = (model.source, self.data, model.split, folder, options, self.template)
             jobs.append(
@@ -538,10 +557,10 @@ class _Study:
         prefix = f"[{runner.done}/{runner.total}] report"
         runner.say(f"{prefix}: running ...")
         started = time.perf_counter()
-        atomic_write_json(self.out / StudyFolder.TIMINGS, {"stages": [asdict(r) for r in runner.records]})
+        runner.write_timings()
         index = write_report(self.out, title=f"geffect study: {self.config.name}")["index"]
         seconds = time.perf_counter() - started
         runner.records.append(StageRecord("report", StudyFolder.INDEX, seconds, False))
-        atomic_write_json(self.out / StudyFolder.TIMINGS, {"stages": [asdict(r) for r in runner.records]})
+        runner.write_timings()
         runner.say(f"{prefix}: done in {seconds:.1f} s -> {index}")
         return index

@@ -2,7 +2,10 @@
 
 Layout of `RUN/checkpoints/step-00000010/`:
 - accelerate's `save_state` files: `model.safetensors` (sharded formats under FSDP/DeepSpeed), `optimizer.bin`,
-  `scheduler.bin` (loaded back by accelerate with `torch.load(weights_only=True)`);
+  `scheduler.bin` (loaded back by accelerate with `torch.load(weights_only=True)`). `model.safetensors` holds
+  the trainable weights only: frozen ones (a LoRA run's whole base model) never change, and resuming rebuilds
+  them from the run's --model, so a LoRA checkpoint is the adapters and their optimizer state (megabytes, where
+  the full model of a 135M run is 1.6 GB). `weights.json` lists the names left out;
 - `rng_<rank>.json` + `rng_<rank>.safetensors`: python, numpy and torch (CPU and CUDA) generator states of each
   process, stored without pickle (accelerate's own pickle of them is ignored: it fails silently);
 - `objective.safetensors` + `objective.json`: the objective's state (tensors / plain values);
@@ -36,6 +39,7 @@ from geffect.io import atomic_write_json
 from geffect.runfolder import RunFolder
 
 TRAINER_STATE = "trainer_state.json"
+WEIGHTS_RECORD = "weights.json"  # {"frozen_left_out": [names]}: what model.safetensors does not hold
 # What reading a damaged checkpoint file raises (torch.load, safetensors, json, a missing key or file).
 UNREADABLE = (OSError, ValueError, RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError, SafetensorError)
 _NAME = re.compile(r"^step-(\d+)$")
@@ -148,7 +152,7 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    with _tied_weights_saved_once():
+    with _tied_weights_saved_once(), _frozen_weights_left_out(accelerator, tmp):
         accelerator.save_state(str(tmp), safe_serialization=True)
     _save_rng(tmp, accelerator.process_index)
     if accelerator.is_main_process:
@@ -166,11 +170,66 @@ def save_checkpoint(
     return final
 
 
+def _frozen_names(model: torch.nn.Module) -> set[str]:
+    # every name of a tied weight (a tied lm_head is its embedding under a second name in the state dict)
+    return {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
+
+@contextlib.contextmanager
+def _frozen_weights_left_out(accelerator, folder: Path):
+    """While accelerate saves, drop the frozen parameters from the state dicts it writes (plain and DDP runs;
+    FSDP and DeepSpeed write their own sharded files, whole) and record their names in `folder`."""
+    left_out: list[str] = []
+
+    def hook(models, weights, output_dir) -> None:
+        for model, state in zip(models, weights):
+            frozen = _frozen_names(model) & set(state)
+            for name in sorted(frozen):
+                del state[name]
+            left_out.extend(sorted(frozen))
+
+    handle = accelerator.register_save_state_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+    if accelerator.is_main_process:
+        atomic_write_json(folder / WEIGHTS_RECORD, {"frozen_left_out": left_out})
+
+
+def _check_left_out_are_frozen(accelerator, folder: Path, left_out: list[str]) -> None:
+    """What a non-strict load would let pass: a left-out weight this run trains, or a trainable one missing."""
+    from safetensors import safe_open
+
+    for index, model in enumerate(accelerator._models):
+        trainable = sorted(set(left_out) - _frozen_names(model))
+        if trainable:
+            raise KeyError(f"a weight left out of the checkpoint is trained in this run: {trainable[0]}")
+        file = folder / f"model{'_' + str(index) if index else ''}.safetensors"
+        if file.exists():
+            with safe_open(str(file), framework="pt") as saved:
+                missing = sorted(set(model.state_dict()) - set(left_out) - set(saved.keys()))
+            if missing:
+                raise KeyError(f"the checkpoint lacks weight {missing[0]}")
+
+
+def left_out_weights(folder: Path) -> list[str]:
+    """The frozen weights a checkpoint does not hold (the run's --model holds them; [] for a whole one)."""
+    record = folder / WEIGHTS_RECORD
+    return json.loads(record.read_text())["frozen_left_out"] if record.exists() else []
+
+
 def load_checkpoint(accelerator, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Restore model, optimizer, scheduler and RNG states in place; return (trainer state, objective state)."""
     folder = Path(folder)
     try:
-        accelerator.load_state(str(folder))
+        left_out = left_out_weights(folder)
+        if left_out:
+            _check_left_out_are_frozen(accelerator, folder, left_out)
+        # Loading is relaxed (strict=False) only for a checkpoint that says which frozen weights it left out,
+        # and only once the check above found every other weight in it; FSDP and DeepSpeed checkpoints are
+        # whole, and their loaders take no `strict`.
+        accelerator.load_state(str(folder), **({"strict": False} if left_out else {}))
         _load_rng(folder, accelerator.process_index)
         trainer_state = json.loads((folder / TRAINER_STATE).read_text())
         int(trainer_state["step"])

@@ -52,7 +52,7 @@ class FinetuneConfig:
     model: str = option(
         TINY_MODEL, "'tiny' (built from scratch on the data), a save_pretrained folder or a hub id", study="model.base"
     )
-    epochs: int | None = option(None, "default: 14 for tiny (TinyPreset), 5 otherwise", check=at_least(1))
+    epochs: int | None = option(None, "default: 12 for tiny (TinyPreset), 5 otherwise", check=at_least(1))
     lr: float | None = option(
         None, "peak learning rate; default: TinyPreset for tiny, 1e-5 otherwise", check=learning_rate
     )

@@ -37,18 +37,16 @@ def step_lrs(lr: float, warmup_steps: int, total_steps: int) -> list[float]:
 
 
 def checkpoint_bytes(model: torch.nn.Module) -> int:
-    """Approximate size of one checkpoint: every weight once (tied ones once) plus AdamW's two float32
-    moments of each trainable one."""
+    """Approximate size of one checkpoint: every trainable weight once (tied ones once) plus AdamW's two
+    float32 moments of each (frozen weights, a LoRA run's base model, are left out: geffect.training.checkpoint)."""
     seen: set[int] = set()
-    weights = moments = 0
+    total = 0
     for parameter in model.parameters():
-        if parameter.data_ptr() in seen:
+        if parameter.data_ptr() in seen or not parameter.requires_grad:
             continue
         seen.add(parameter.data_ptr())
-        weights += parameter.numel() * parameter.element_size()
-        if parameter.requires_grad:
-            moments += 2 * parameter.numel() * 4
-    return weights + moments
+        total += parameter.numel() * (parameter.element_size() + 2 * 4)
+    return total
 
 
 def describe_checkpoints(model: torch.nn.Module, save_every: int, keep: int, total_steps: int) -> str | None:

@@ -91,7 +91,7 @@ def unlearn(config: UnlearnConfig, callbacks: Sequence[StepCallback] = ()) -> Un
     bar = tqdm(
         total=s.total_steps,
         initial=s.start_step,
-        desc=f"unlearn {objective.name}",
+        desc=f"unlearn {_method_label(objective)}",  # NPO+KL, as the user asked for it
         unit="step",
         disable=not (config.progress and accelerator.is_main_process),
     )
