@@ -263,6 +263,9 @@ def test_points_along_a_run_use_the_end_points_formulas_and_questions(monkeypatc
     monkeypatch.setattr("geffect.evaluation.summarize", lambda results, reference: {})
     monkeypatch.setattr("geffect.evaluation.logs.load_eval_file", lambda path: None)
     job = along.PointsJob(2, "data", "forget05", "plain", "reference.json", options, str(tmp_path))
-    along.score_point(None, None, job, tmp_path / "step-00002")
+    import torch
+
+    along.score_point(torch.nn.Linear(1, 1), None, job, tmp_path / "step-00002")
     assert seen["convention"] == "openunlearning" and seen["question_key"] == "paraphrased_question"
     assert seen["ds_size"] == 7 and (tmp_path / "step-00002" / EVAL_FILE).exists()
+    assert seen["reference_model"] is None and not seen["gradnorm"]

@@ -239,9 +239,11 @@ def build_sets(
     if objective.needs_idk:
         preferred = dict(preferred or {})
         files = SimpleNamespace(
-            refusals=preferred.get("refusals"), alternates=preferred.get("alternates"), refusal_sampling="fixed"
+            refusals=preferred.get("refusals"),
+            alternates=preferred.get("alternates"),
+            refusal_sampling="fixed",
+            seed=seed,
         )
-        files.seed = seed
 
         def encode_one(index: int, answer: str):
             return encode_qa(question=forget_records[index]["question"], answer=answer, index=index, **encode)

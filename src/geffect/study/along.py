@@ -129,6 +129,7 @@ class EvalPoints:
 def score_point(model, tokenizer, job: PointsJob, folder: Path) -> None:
     """TOFU_EVAL.json of `model` on the subset, then TOFU_SUMMARY.json against the subset reference."""
     from geffect.evaluation import evaluate, summarize
+    from geffect.evaluation.extra import extra_metric_options
     from geffect.evaluation.logs import load_eval_file
 
     options = job.options
@@ -142,8 +143,7 @@ def score_point(model, tokenizer, job: PointsJob, folder: Path) -> None:
         ds_size=options.ds_size,
         batch_size=options.batch_size,
         max_new_tokens=options.max_new_tokens,
-        convention=options.convention,
-        question_key=options.question_key,
+        **extra_metric_options(options, None, next(model.parameters()).device),
     )
     atomic_write_json(folder / EVAL_FILE, results)
     atomic_write_json(folder / SUMMARY_FILE, summarize(results, load_eval_file(job.reference)))
